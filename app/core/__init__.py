@@ -1,0 +1,1 @@
+"""Process-wide configuration shared by the api, the workers and the CLI."""

@@ -1,0 +1,110 @@
+"""Request models: the one contract shared by the REST body, the CLI and the worker's job args."""
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from app.storage.uri import StoreURI
+
+OutputDType = Literal["auto", "float32", "float16", "bfloat16"]
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(value: Any) -> Any:
+    """`"2GB"`, `"500MiB"` or a byte count; anything else is left for pydantic to reject."""
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a size like 5GB, 500MiB or 1000000")
+        return int(float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()])
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+
+
+class FrozenModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelInput(FrozenModel):
+    uri: StoreURI = Field(description="Checkpoint prefix in Hugging Face layout.")
+    fisher: StoreURI | None = Field(
+        None, description="Prefix holding fisher.safetensors; needed by method 'fisher'."
+    )
+
+
+def _model_from_string(value: Any) -> Any:
+    return {"uri": value} if isinstance(value, str) else value
+
+
+class MergeRequest(FrozenModel):
+    models: list[Annotated[ModelInput, BeforeValidator(_model_from_string)]] = Field(
+        min_length=2, description="Checkpoints to merge; a bare string is a URI."
+    )
+    lambdas: list[float] | None = Field(
+        None, description="Per-model weights, finite and >= 0 with a positive sum; default equal."
+    )
+    method: str = Field("fisher", description="A registered merge method: isotropic, fisher.")
+    output_uri: StoreURI = Field(description="Prefix the merged checkpoint is written to.")
+    target: int = Field(
+        0, ge=0, description="Model whose unshared tensors, config and tokenizer are kept."
+    )
+    fisher_floor: float = Field(1e-6, gt=0, allow_inf_nan=False)
+    normalize_fishers: bool = Field(False, description="Scale each Fisher to unit global L2 norm.")
+    dtype: OutputDType = Field("auto", description="Output dtype; auto keeps each target tensor's.")
+    max_shard_size: ByteSize | None = Field(
+        None, description="Largest output shard (bytes or '5GB'); default from FM_MAX_SHARD_SIZE."
+    )
+    overwrite: bool = Field(False, description="Replace an existing checkpoint at output_uri.")
+
+    @field_validator("lambdas")
+    @classmethod
+    def _lambdas_valid(cls, lambdas: list[float] | None) -> list[float] | None:
+        if lambdas is None:
+            return None
+        for i, value in enumerate(lambdas):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"lambdas[{i}] = {value} must be finite and >= 0")
+        if sum(lambdas) <= 0:
+            raise ValueError("lambdas must have a positive sum")
+        return lambdas
+
+    @field_validator("method")
+    @classmethod
+    def _method_known(cls, method: str) -> str:
+        from app.merge.methods import METHODS
+
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        return method
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MergeRequest":
+        from app.merge.methods import METHODS
+
+        if self.lambdas is not None and len(self.lambdas) != len(self.models):
+            raise ValueError(
+                f"lambdas has {len(self.lambdas)} values but models has {len(self.models)}"
+            )
+        if self.target >= len(self.models):
+            raise ValueError(
+                f"target {self.target} is not an index into the {len(self.models)} models"
+            )
+        if METHODS[self.method].needs_fisher:
+            missing = [i for i, model in enumerate(self.models) if model.fisher is None]
+            if missing:
+                raise ValueError(
+                    f"method {self.method!r} needs a fisher for every model; "
+                    f"models {missing} have none"
+                )
+        return self
+
+    @property
+    def weights(self) -> list[float]:
+        """The lambdas, equal by default."""
+        return list(self.lambdas) if self.lambdas is not None else [1.0] * len(self.models)

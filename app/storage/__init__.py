@@ -1,0 +1,36 @@
+"""Object storage: one interface, a local-directory backend and an S3 backend, chosen by URI."""
+
+from app.core.config import Settings, get_settings
+from app.storage.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectWriter,
+    OutputTransaction,
+    StorageError,
+)
+from app.storage.uri import StoreURI, parse_uri
+
+
+def open_store(uri: str, settings: Settings | None = None) -> ObjectStore:
+    """The store rooted at `uri`: `s3://bucket/prefix`, `file:///path` or a bare path."""
+    from app.storage.local import LocalStore
+    from app.storage.s3 import S3Store
+
+    parsed = parse_uri(uri)
+    if parsed.scheme == "s3":
+        return S3Store(parsed.bucket, parsed.path, settings or get_settings())
+    return LocalStore(parsed.path)
+
+
+__all__ = [
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectStore",
+    "ObjectWriter",
+    "OutputTransaction",
+    "StorageError",
+    "StoreURI",
+    "open_store",
+    "parse_uri",
+]

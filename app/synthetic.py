@@ -1,0 +1,90 @@
+"""Small random `transformers` checkpoints, tokenizers and stand-in Fisher files, built locally.
+
+Used by the demo, the tests and the benchmarks: nothing here downloads from a hub. Models share a
+random base and differ by a small seeded perturbation, like fine-tunes of one pretrained model.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+WORDS = "the a movie film was is good bad great awful plot acting not very really fun dull".split()
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + WORDS)}
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def tiny_bert_config(num_labels: int = 2, layers: int = 2, hidden: int = 32) -> BertConfig:
+    return BertConfig(
+        vocab_size=len(SPECIAL_TOKENS) + len(WORDS),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2 + 1,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+    )
+
+
+def tiny_classifier(
+    seed: int, num_labels: int = 2, base_seed: int = 0, layers: int = 2, hidden: int = 32
+) -> BertForSequenceClassification:
+    """A shared random base (`base_seed`) plus a seeded perturbation, like one fine-tune."""
+    torch.manual_seed(base_seed)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels, layers, hidden)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            parameter.add_(noise * 0.05 * (parameter.std() if parameter.numel() > 1 else 1.0))
+    return model
+
+
+def save_tiny_classifier(
+    path: str | Path,
+    seed: int,
+    num_labels: int = 2,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | int | None = None,
+) -> Path:
+    path = Path(path)
+    model = tiny_classifier(seed, num_labels).to(dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
+    model.save_pretrained(path, **kwargs)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def save_stand_in_fisher(checkpoint: str | Path, path: str | Path, seed: int) -> Path:
+    """Positive random values keyed like the checkpoint's floating-point tensors.
+
+    A stand-in for demos and merge tests; the Fisher engine computes real ones."""
+    checkpoint, path = Path(checkpoint), Path(path)
+    generator = torch.Generator().manual_seed(seed)
+    fisher = {}
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        for name, tensor in load_file(file).items():
+            if tensor.is_floating_point():
+                values = torch.rand(tensor.shape, generator=generator, dtype=torch.float64)
+                fisher[name] = (values**4 * 10.0).float()
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(fisher, path / "fisher.safetensors", metadata={"format": "pt"})
+    (path / "fisher.json").write_text(json.dumps({"stand_in": True, "seed": seed}, indent=2))
+    return path
