@@ -12,7 +12,25 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-WORDS = "the a movie film was is good bad great awful plot acting not very really fun dull".split()
+WORDS = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "was",
+    "is",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "plot",
+    "acting",
+    "not",
+    "very",
+    "really",
+    "fun",
+    "dull",
+]
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -53,7 +71,8 @@ def tiny_classifier(
     with torch.no_grad():
         for parameter in model.parameters():
             noise = torch.randn(parameter.shape, generator=generator)
-            parameter.add_(noise * 0.05 * (parameter.std() if parameter.numel() > 1 else 1.0))
+            spread = float(parameter.std()) if parameter.numel() > 1 else 0.0
+            parameter.add_(noise * 0.05 * max(spread, 0.02))
     return model
 
 
@@ -88,3 +107,29 @@ def save_stand_in_fisher(checkpoint: str | Path, path: str | Path, seed: int) ->
     save_file(fisher, path / "fisher.safetensors", metadata={"format": "pt"})
     (path / "fisher.json").write_text(json.dumps({"stand_in": True, "seed": seed}, indent=2))
     return path
+
+
+def write_demo(root: str | Path) -> Path:
+    """Two fine-tunes of one tiny base (2 and 3 labels), stand-in Fishers and a merge request."""
+    root = Path(root).absolute()
+    save_tiny_classifier(root / "sentiment", seed=1, num_labels=2)
+    save_tiny_classifier(root / "topic", seed=2, num_labels=3, max_shard_size="40KB")
+    save_stand_in_fisher(root / "sentiment", root / "fishers" / "sentiment", seed=1)
+    save_stand_in_fisher(root / "topic", root / "fishers" / "topic", seed=2)
+    request = {
+        "models": [
+            {"uri": str(root / "sentiment"), "fisher": str(root / "fishers" / "sentiment")},
+            {"uri": f"file://{root / 'topic'}", "fisher": str(root / "fishers" / "topic")},
+        ],
+        "lambdas": [0.7, 0.3],
+        "method": "fisher",
+        "output_uri": str(root / "merged"),
+    }
+    (root / "merge.json").write_text(json.dumps(request, indent=2))
+    return root
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(f"demo checkpoints and request written under {write_demo(sys.argv[1])}")

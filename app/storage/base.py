@@ -157,7 +157,7 @@ class OutputTransaction:
 
     def abort(self) -> None:
         self._closed = True
-        for writer in self._writers:
+        for writer in reversed(self._writers):  # the first writer removes the folders it made
             writer.abort()
         for key in self._published:
             self.store.delete(key)

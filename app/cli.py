@@ -1,0 +1,175 @@
+"""The `fisher-merge` command: `merge` now; the Fisher and service commands join it here.
+
+Every subcommand builds the same request model the REST API takes, from `--config FILE.json`
+(`-` for standard input) with flags as shortcuts that override its fields.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.checkpoints.format import CheckpointError
+from app.merge.engine import Progress, ProgressCallback, run_merge
+from app.merge.methods import METHODS
+from app.schemas import MergeRequest
+from app.storage import StorageError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class UsageError(ValueError):
+    """The command line itself is wrong."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ValidationError as error:
+        return _fail(f"invalid request: {describe_validation_error(error)}", EXIT_BAD_INPUT)
+    except (UsageError, CheckpointError, ValueError, FileNotFoundError) as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+    except StorageError as error:
+        return _fail(f"storage: {error}", EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted; nothing was written", 130)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"fisher-merge: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line: `field.path: message` for each problem."""
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fisher-merge", description="Fisher-weighted merging of transformers checkpoints."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser(
+        "merge",
+        help="merge checkpoints",
+        description="Merge checkpoints. The JSON body of POST /merge, with flags as shortcuts.",
+    )
+    merge.add_argument("--config", help="request JSON file, or - for standard input")
+    merge.add_argument("--model", action="append", metavar="URI", help="checkpoint (repeat)")
+    merge.add_argument(
+        "--fisher", action="append", metavar="URI", help="Fisher prefix, one per --model, in order"
+    )
+    merge.add_argument("--lambdas", help="comma-separated weights, one per model")
+    merge.add_argument("--method", choices=sorted(METHODS))
+    merge.add_argument("--out", dest="output_uri", metavar="URI", help="output prefix")
+    merge.add_argument("--target", type=int, help="index of the model whose head is kept")
+    merge.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    merge.add_argument("--fisher-floor", type=float)
+    merge.add_argument("--normalize-fishers", action="store_true", default=None)
+    merge.add_argument("--max-shard-size", help="largest output shard, e.g. 2GB")
+    merge.add_argument("--overwrite", action="store_true", default=None)
+    merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    merge.set_defaults(handler=_merge)
+    return parser
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--config {path}: not valid JSON ({error})") from None
+    if not isinstance(body, dict):
+        raise UsageError(f"--config {path}: expected a JSON object")
+    return body
+
+
+def merge_body(args: argparse.Namespace) -> dict[str, Any]:
+    body = load_config(args.config)
+    if args.model:
+        body["models"] = [{"uri": uri} for uri in args.model]
+    if args.fisher:
+        models = [{"uri": m} if isinstance(m, str) else dict(m) for m in body.get("models", [])]
+        if len(args.fisher) != len(models):
+            raise UsageError(f"{len(args.fisher)} --fisher values for {len(models)} models")
+        for model, fisher in zip(models, args.fisher, strict=True):
+            model["fisher"] = fisher
+        body["models"] = models
+    if args.lambdas is not None:
+        try:
+            body["lambdas"] = [float(value) for value in args.lambdas.split(",")]
+        except ValueError:
+            raise UsageError(f"--lambdas {args.lambdas!r}: expected numbers like 0.7,0.3") from None
+    for field in (
+        "method",
+        "output_uri",
+        "target",
+        "dtype",
+        "fisher_floor",
+        "normalize_fishers",
+        "max_shard_size",
+        "overwrite",
+    ):
+        value = getattr(args, field)
+        if value is not None:
+            body[field] = value
+    return body
+
+
+def _merge(args: argparse.Namespace) -> int:
+    request = MergeRequest.model_validate(merge_body(args))
+    with _progress_bar(enabled=not args.quiet) as progress:
+        result = run_merge(request, progress=progress)
+    summary = {
+        "output_uri": result.output_uri,
+        "files": result.files,
+        "merged_tensors": result.manifest["merged"],
+        "copied_from_target": result.manifest["copied_from_target"],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+class _progress_bar:
+    """A tqdm bar on an interactive terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar: Any = None
+
+    def __enter__(self) -> ProgressCallback | None:
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="B", unit_scale=True, desc="merging", file=sys.stderr)
+        return self._update
+
+    def _update(self, progress: Progress) -> None:
+        self.bar.total = progress.total
+        self.bar.update(progress.done - self.bar.n)
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
