@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.checkpoints.format import CheckpointError
+from app.core.memory import return_freed_buffers_to_os
 from app.merge.engine import Progress, ProgressCallback, run_merge
 from app.merge.methods import METHODS
 from app.schemas import MergeRequest
@@ -29,6 +30,7 @@ class UsageError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    return_freed_buffers_to_os()
     try:
         return int(args.handler(args))
     except ValidationError as error:

@@ -205,14 +205,6 @@ def build_header(
     return struct.pack("<Q", len(text)) + text, offsets
 
 
-def tensor_from_bytes(buffer: bytearray, dtype: str, shape: Sequence[int]) -> torch.Tensor:
-    """A tensor viewing `buffer` (no copy)."""
-    torch_dtype = DTYPES[dtype].torch_dtype
-    if len(buffer) == 0:
-        return torch.empty(tuple(shape), dtype=torch_dtype)
-    return torch.frombuffer(buffer, dtype=torch_dtype).reshape(tuple(shape))
-
-
 def tensor_to_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's bytes in C order, without a copy when it is already contiguous on the CPU."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)

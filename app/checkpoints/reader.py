@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 
 from app.checkpoints.format import (
+    DTYPES,
     CheckpointError,
     Header,
     TensorEntry,
     TensorSpec,
     parse_header,
-    tensor_from_bytes,
 )
 from app.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
@@ -45,12 +45,15 @@ class SafetensorsObject:
     def read_rows(self, entry: TensorEntry, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of the tensor's first dimension, as a CPU tensor."""
         spec = entry.spec
-        row_bytes = spec.row_numel * (spec.nbytes // max(spec.numel, 1))
-        buffer = self.store.read_range(
-            self.info.key, entry.begin + start * row_bytes, (stop - start) * row_bytes
-        )
+        row_bytes = spec.row_numel * DTYPES[spec.dtype].itemsize
+        # torch.empty, unlike bytearray, does not zero the memory it is about to overwrite
+        raw = torch.empty((stop - start) * row_bytes, dtype=torch.uint8)
+        if raw.numel():
+            self.store.read_into(
+                self.info.key, entry.begin + start * row_bytes, memoryview(raw.numpy())
+            )
         shape = (stop - start, *spec.shape[1:]) if spec.shape else ()
-        return tensor_from_bytes(buffer, spec.dtype, shape)
+        return raw.view(DTYPES[spec.dtype].torch_dtype).reshape(shape)
 
 
 class Checkpoint:

@@ -146,72 +146,100 @@ class _StreamingMerge:
         self.method = METHODS[request.method](fisher_floor=request.fisher_floor)
         self.device = resolve_device(settings.device)
         self.chunk_bytes = settings.chunk_bytes
-        self.pool = ThreadPoolExecutor(max_workers=settings.read_threads)
+        self.read_threads = settings.read_threads
         self.fisher_norms = (
             self._fisher_norms() if fishers is not None and request.normalize_fishers else None
         )
 
+    def _sources(self, tensor: TensorPlan) -> list[Checkpoint]:
+        if not tensor.merged:
+            return [self.target]
+        return [*self.models, *(self.fishers or [])]
+
     def _steps(self) -> Iterator[_Step]:
-        inputs = len(self.models) * (2 if self.fishers is not None else 1)
         for tensor in self.plan.tensors:
-            copies = inputs + 2 if tensor.merged else 2
-            row_bytes = max(tensor.source.row_numel, 1) * 4 * copies
-            rows_per_step = max(1, self.chunk_bytes // row_bytes)
             rows = tensor.source.rows
+            per_row = tensor.source.row_numel * self._bytes_per_element(tensor)
+            rows_per_step = max(1, self.chunk_bytes // max(per_row, 1))
             for start in range(0, max(rows, 1), rows_per_step):
                 yield _Step(tensor, start, min(start + rows_per_step, rows))
 
-    def _read(self, step: _Step) -> list[Future[torch.Tensor]]:
-        name, start, stop = step.plan.source.name, step.start, step.stop
-        sources: Sequence[Checkpoint] = [self.target]
-        if step.plan.merged:
-            sources = [*self.models, *(self.fishers or [])]
-        return [self.pool.submit(source.read_rows, name, start, stop) for source in sources]
+    def _bytes_per_element(self, tensor: TensorPlan) -> int:
+        """Host memory alive per element of a step: the raw inputs of this step and of the one
+        being read ahead, their float32 working copies, two accumulators and the output."""
+        sources = self._sources(tensor)
+        name = tensor.source.name
+        raw = sum(DTYPES[source.spec(name).dtype].itemsize for source in sources)
+        working = 4 * len(sources) + 8 if tensor.merged else 0
+        return 2 * raw + working + DTYPES[tensor.output.dtype].itemsize
 
     def write(self, writer: CheckpointWriter, progress: ProgressCallback | None) -> None:
         total = sum(spec.nbytes for spec in self.plan.output_specs)
         done = 0
-        steps = self._steps()
-        try:
-            pending = [(step, self._read(step)) for step in _take(steps, 1)]
-            while pending:
-                step, futures = pending.pop(0)
-                pending.extend((step, self._read(step)) for step in _take(steps, 1))
-                values = [future.result() for future in futures]
-                out = self._combine(step, values) if step.plan.merged else values[0]
-                out = out.to(DTYPES[step.plan.output.dtype].torch_dtype)
-                _check_finite(out, step.plan.output, "the merged output (overflow?)")
+        with ThreadPoolExecutor(max_workers=self.read_threads) as pool:
+
+            def read(step: _Step | None) -> list[Future[torch.Tensor]]:
+                if step is None:
+                    return []
+                name = step.plan.source.name
+                return [
+                    pool.submit(source.read_rows, name, step.start, step.stop)
+                    for source in self._sources(step.plan)
+                ]
+
+            steps = self._steps()
+            ahead = next(steps, None)
+            reading = read(ahead)
+            while ahead is not None:
+                step, values = ahead, [future.result() for future in reading]
+                ahead = next(steps, None)
+                reading = read(ahead)
+                out = self._combine(step, values)
                 writer.write(step.plan.output.name, out.cpu())
-                done += (
-                    (step.stop - step.start)
-                    * step.plan.output.nbytes
-                    // max(step.plan.source.rows, 1)
-                )
+                done += out.numel() * out.element_size()
                 if progress is not None:
                     progress(Progress(done=done, total=total))
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _combine(self, step: _Step, values: list[torch.Tensor]) -> torch.Tensor:
-        spec = step.plan.source
-        count = len(self.models)
-        thetas = [self._on_device(value) for value in values[:count]]
-        for i, theta in enumerate(thetas):
-            _check_finite(theta, spec, self.models[i].locate(spec.name))
-        fishers = None
-        if self.fishers is not None:
-            fishers = [self._on_device(value) for value in values[count:]]
-            for i, fisher in enumerate(fishers):
-                where = self.fishers[i].locate(spec.name)
-                _check_finite(fisher, spec, where)
-                if bool((fisher < 0).any()):
-                    raise MergeInputError(f"{where}: Fisher for {spec.name!r} has negative values")
-                if self.fisher_norms is not None:
-                    fisher.div_(self.fisher_norms[i])
-        return self.method.merge(thetas, self.lambdas, fishers)
+        """The output slice of one step, after checking every input that feeds it."""
+        spec, out_dtype = step.plan.source, DTYPES[step.plan.output.dtype].torch_dtype
+        if not step.plan.merged:
+            out = values[0].to(out_dtype)
+        else:
+            count = len(self.models)
+            thetas = [self._on_device(value) for value in values[:count]]
+            fishers = None
+            if self.fishers is not None:
+                fishers = [self._on_device(value) for value in values[count:]]
+                self._check_fishers(spec, fishers)
+            out = self.method.merge(thetas, self.lambdas, fishers).to(out_dtype)
+            for i, lam in enumerate(self.lambdas):
+                if not lam:  # a model weighted 0 does not reach the output's check below
+                    _check_finite(values[i], spec, self.models[i].locate(spec.name))
+        if not _all_finite(out):
+            self._blame(step, values)
+        return out
 
     def _on_device(self, value: torch.Tensor) -> torch.Tensor:
-        return value.to(device=self.device, dtype=torch.float32, copy=True)
+        return value.to(device=self.device, dtype=torch.float32)
+
+    def _check_fishers(self, spec: TensorSpec, fishers: list[torch.Tensor]) -> None:
+        assert self.fishers is not None
+        for i, fisher in enumerate(fishers):
+            if fisher.numel() and float(fisher.min()) < 0:
+                where = self.fishers[i].locate(spec.name)
+                raise MergeInputError(f"{where}: Fisher for {spec.name!r} has negative values")
+            if self.fisher_norms is not None:
+                fisher.div_(self.fisher_norms[i])
+
+    def _blame(self, step: _Step, values: list[torch.Tensor]) -> None:
+        """The output is not finite: name the input responsible, or else the output dtype."""
+        spec = step.plan.source
+        for source, value in zip(self._sources(step.plan), values, strict=True):
+            _check_finite(value, spec, source.locate(spec.name))
+        raise MergeInputError(
+            f"tensor {spec.name!r}: merged values overflow {step.plan.output.dtype}"
+        )
 
     def _fisher_norms(self) -> list[float]:
         """Each Fisher's global L2 norm over the merged tensors, one streamed pass."""
@@ -231,12 +259,18 @@ class _StreamingMerge:
         return norms
 
 
-def _take(iterator: Iterator[_Step], count: int) -> list[_Step]:
-    return [step for _, step in zip(range(count), iterator, strict=False)]
+def _all_finite(value: torch.Tensor) -> bool:
+    """NaN and Inf survive a sum, so one fast reduction clears almost every tensor; the exact
+    (slower) check runs only when the sum is not finite, which a large finite tensor can cause."""
+    if not value.is_floating_point() or value.numel() == 0:
+        return True
+    if bool(torch.isfinite(value.sum(dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(value).all())
 
 
 def _check_finite(value: torch.Tensor, spec: TensorSpec, where: str) -> None:
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    if not _all_finite(value):
         raise MergeInputError(f"{where}: tensor {spec.name!r} holds NaN or Inf values")
 
 

@@ -78,8 +78,14 @@ class ObjectStore(ABC):
         return True
 
     @abstractmethod
+    def read_into(self, key: str, start: int, buffer: memoryview) -> None:
+        """Fill `buffer` with the bytes from `start`; raises StorageError on a short read."""
+
     def read_range(self, key: str, start: int, length: int) -> bytearray:
-        """Exactly `length` bytes from `start`; raises StorageError on a short read."""
+        """Exactly `length` bytes from `start`."""
+        buffer = bytearray(length)
+        self.read_into(key, start, memoryview(buffer))
+        return buffer
 
     def read_bytes(self, key: str) -> bytes:
         return bytes(self.read_range(key, 0, self.head(key).size))

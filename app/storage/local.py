@@ -100,19 +100,18 @@ class LocalStore(ObjectStore):
             raise ObjectNotFound(self.uri_of(key))
         return ObjectInfo(key=key, size=stat.st_size, version=f"{stat.st_size}-{stat.st_mtime_ns}")
 
-    def read_range(self, key: str, start: int, length: int) -> bytearray:
-        buffer = bytearray(length)
+    def read_into(self, key: str, start: int, buffer: memoryview) -> None:
+        length = len(buffer)
         try:
             with open(self.path_of(key), "rb", buffering=0) as file:
                 file.seek(start)
-                got = file.readinto(buffer)
+                got = file.readinto(buffer) if length else 0
         except FileNotFoundError:
             raise ObjectNotFound(self.uri_of(key)) from None
         if got != length:
             raise StorageError(
                 f"{self.uri_of(key)}: short read at bytes {start}..{start + length}, got {got}"
             )
-        return buffer
 
     def list(self, prefix: str = "", recursive: bool = False) -> list[ObjectInfo]:
         base = self.path_of(prefix) if prefix else self.root

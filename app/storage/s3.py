@@ -146,28 +146,26 @@ class S3Store(ObjectStore):
         version = answer.get("VersionId") or str(answer["ETag"]).strip('"')
         return ObjectInfo(key=key, size=int(answer["ContentLength"]), version=version)
 
-    def read_range(self, key: str, start: int, length: int) -> bytearray:
-        buffer = bytearray(length)
+    def read_into(self, key: str, start: int, buffer: memoryview) -> None:
+        length = len(buffer)
         if length == 0:
-            return buffer
+            return
+        got = 0
         with self.errors(key):
             answer = self.client.get_object(
                 Bucket=self.bucket,
                 Key=self.full_key(key),
                 Range=f"bytes={start}-{start + length - 1}",
             )
-            view = memoryview(buffer)
-            got = 0
             for piece in answer["Body"].iter_chunks(1024 * 1024):
                 if got + len(piece) > length:
                     break
-                view[got : got + len(piece)] = piece
+                buffer[got : got + len(piece)] = piece
                 got += len(piece)
         if got != length:
             raise StorageError(
                 f"{self.uri_of(key)}: short read at bytes {start}..{start + length}, got {got}"
             )
-        return buffer
 
     def list(self, prefix: str = "", recursive: bool = False) -> list[ObjectInfo]:
         base = self.full_key(prefix.strip("/")) if prefix else self.prefix

@@ -26,7 +26,10 @@ class MergeMethod(ABC):
         lambdas: Sequence[float],
         fishers: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """θ* for one parameter slice; every input is float32 of one shape on one device."""
+        """θ* for one parameter slice; every input is float32 of one shape on one device.
+
+        The Fisher tensors are scratch buffers the method may overwrite (saving an allocation
+        per model and step); the thetas must be left as they are."""
 
 
 METHODS: dict[str, type[MergeMethod]] = {}

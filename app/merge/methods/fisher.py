@@ -13,14 +13,17 @@ def fisher_merge(
     lambdas: Sequence[float],
     floor: float,
 ) -> torch.Tensor:
-    numerator = torch.zeros_like(thetas[0])
-    denominator = torch.zeros_like(thetas[0])
+    numerator = denominator = None  # Σᵢ λᵢ F̃ᵢ θᵢ and Σᵢ λᵢ F̃ᵢ
     for theta, fisher, lam in zip(thetas, fishers, lambdas, strict=True):
         if not lam:
             continue
-        weight = fisher.clamp_min(floor).mul_(lam)  # λᵢ F̃ᵢ
-        denominator.add_(weight)
-        numerator.addcmul_(weight, theta)
+        weight = fisher.clamp_min_(floor).mul_(lam)  # λᵢ F̃ᵢ, in the Fisher's own buffer
+        if numerator is None or denominator is None:
+            numerator, denominator = weight * theta, weight
+        else:
+            numerator.addcmul_(weight, theta)
+            denominator.add_(weight)
+    assert numerator is not None and denominator is not None, "lambdas must have a positive sum"
     return numerator.div_(denominator)
 
 

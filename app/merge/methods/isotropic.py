@@ -8,11 +8,17 @@ from app.merge.methods.base import MergeMethod, register
 
 
 def isotropic_merge(thetas: Sequence[torch.Tensor], lambdas: Sequence[float]) -> torch.Tensor:
-    theta_sum = torch.zeros_like(thetas[0])
-    for theta, lam in zip(thetas, lambdas, strict=True):
-        if lam:
-            theta_sum.add_(theta, alpha=lam)
-    return theta_sum.div_(sum(lambdas))
+    total = sum(lambdas)
+    theta = None
+    for theta_i, lam in zip(thetas, lambdas, strict=True):
+        if not lam:
+            continue
+        if theta is None:
+            theta = theta_i * (lam / total)
+        else:
+            theta.add_(theta_i, alpha=lam / total)
+    assert theta is not None, "lambdas must have a positive sum"
+    return theta
 
 
 @register

@@ -1,0 +1,176 @@
+"""Merge benchmark: peak memory and wall time of whole merge processes on BERT-base-shaped models.
+
+Three fp32 checkpoints (with Fisher files) are written to a scratch folder for each shape: BERT-base,
+twice as deep, and with its largest tensor (the word embeddings) twice as large. Each contender
+runs as its own process, timed from outside; peak RSS comes from that process's rusage.
+
+  (a) baseline  load every model fully with safetensors, average, save (the naive way)
+  (b) isotropic `fisher-merge merge --method isotropic`
+  (c) fisher    `fisher-merge merge --method fisher`
+  (d) mergekit  `mergekit-yaml` linear merge, when the command is found (MERGEKIT_YAML or PATH)
+
+Usage: python bench/merge_bench.py [--shapes base,deep,wide] [--workdir DIR] [--models 3]
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import BertConfig, BertForSequenceClassification
+
+SHAPES = {
+    "base": {},
+    "deep": {"num_hidden_layers": 24},
+    "wide": {"vocab_size": 2 * 30522},
+}
+BASELINE = """
+import sys, torch
+from safetensors.torch import load_file, save_file
+paths, out = sys.argv[1:-1], sys.argv[-1]
+states = [load_file(p) for p in paths]
+merged = {name: sum(s[name].float() for s in states) / len(states) for name in states[0]}
+save_file(merged, out, metadata={"format": "pt"})
+"""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    shape: str
+    contender: str
+    wall_s: float
+    peak_rss_bytes: int
+
+
+def make_models(root: Path, shape: str, count: int) -> list[Path]:
+    """`count` random fp32 checkpoints of one shape, each with a Fisher file beside it."""
+    config = BertConfig(**SHAPES[shape])
+    with torch.device("meta"):
+        specs = BertForSequenceClassification(config).state_dict()
+    paths = []
+    for i in range(count):
+        path = root / shape / f"model{i}"
+        if not (path / "model.safetensors").exists():
+            path.mkdir(parents=True, exist_ok=True)
+            generator = torch.Generator().manual_seed(i)
+            state = {n: torch.randn(t.shape, generator=generator) for n, t in specs.items()}
+            save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+            fisher = {n: t.square_() for n, t in state.items()}
+            (path / "fisher").mkdir(exist_ok=True)
+            save_file(fisher, path / "fisher" / "fisher.safetensors", metadata={"format": "pt"})
+            config.to_json_file(path / "config.json")
+            del state, fisher
+        paths.append(path)
+    return paths
+
+
+def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one process and the children it waited for."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        error = process.stderr.read().decode() if process.stderr else ""
+        raise RuntimeError(f"{command[:3]} failed: {error[-2000:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def warm_page_cache(paths: list[Path]) -> None:
+    for path in paths:
+        for file in path.rglob("*.safetensors"):
+            with open(file, "rb") as handle:
+                while handle.read(64 << 20):
+                    pass
+
+
+def contenders(models: list[Path], out: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    python = sys.executable
+    cli = [python, "-m", "app.cli", "merge", "--quiet", "--overwrite"]
+    found = {
+        "baseline": (
+            [python, "-c", BASELINE, *[str(m / "model.safetensors") for m in models],
+             str(out / "baseline.safetensors")],
+            {},
+        ),
+        "isotropic": (
+            [*cli, "--method", "isotropic", "--out", str(out / "isotropic"),
+             *[arg for m in models for arg in ("--model", str(m))]],
+            {"FM_DEVICE": "cpu"},
+        ),
+        "fisher": (
+            [*cli, "--method", "fisher", "--out", str(out / "fisher"),
+             *[arg for m in models for arg in ("--model", str(m))],
+             *[arg for m in models for arg in ("--fisher", str(m / "fisher"))]],
+            {"FM_DEVICE": "cpu"},
+        ),
+    }
+    mergekit = os.environ.get("MERGEKIT_YAML") or shutil.which("mergekit-yaml")
+    if mergekit:
+        config = out / "mergekit.yml"
+        lines = ["merge_method: linear", "dtype: float32", "models:"]
+        for model in models:
+            lines += [f"  - model: {model}", "    parameters:", "      weight: 1.0"]
+        config.write_text("\n".join(lines) + "\n")
+        found["mergekit"] = ([mergekit, str(config), str(out / "mergekit")], {})
+    return found
+
+
+def table(results: list[Measurement]) -> str:
+    lines = [
+        "| shape | contender | wall s | peak RSS MiB | wall / (a) | RSS / (a) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    baselines = {r.shape: r for r in results if r.contender == "baseline"}
+    for r in results:
+        base = baselines[r.shape]
+        lines.append(
+            f"| {r.shape} | {r.contender} | {r.wall_s:.2f} | {r.peak_rss_bytes / 2**20:.0f} | "
+            f"{r.wall_s / base.wall_s:.2f} | {r.peak_rss_bytes / base.peak_rss_bytes:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="base,deep,wide")
+    parser.add_argument("--models", type=int, default=3)
+    parser.add_argument("--workdir", help="scratch folder kept between runs (default: temporary)")
+    parser.add_argument("--json", help="also write the measurements here")
+    args = parser.parse_args()
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fm-bench-"))
+    results = []
+    try:
+        for shape in args.shapes.split(","):
+            models = make_models(workdir, shape, args.models)
+            out = workdir / shape / "out"
+            out.mkdir(exist_ok=True)
+            for name, (command, env) in contenders(models, out).items():
+                warm_page_cache(models)
+                wall, rss = run_measured(command, env)
+                results.append(Measurement(shape, name, wall, rss))
+                print(f"{shape:5} {name:9} {wall:7.2f} s {rss / 2**20:8.0f} MiB", flush=True)
+            shutil.rmtree(out)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"torch {torch.__version__}, {args.models} fp32 models per shape")
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
