@@ -1,11 +1,12 @@
 """Merge benchmark: peak memory and wall time of whole merge processes on BERT-base-shaped models.
 
-Three fp32 checkpoints (with Fisher files) are written to a scratch folder for each shape: BERT-base,
-twice as deep, and with its largest tensor (the word embeddings) twice as large. Each contender
-runs as its own process, timed from outside; peak RSS comes from that process's rusage.
+Three fp32 checkpoints (with Fisher files) are written to a scratch folder for each shape:
+BERT-base, twice as deep, and with its largest tensor (the word embeddings) twice as large. Each
+contender runs as its own process, timed from outside; peak RSS comes from its rusage.
 
   (a) baseline  load every model fully with safetensors, average, save (the naive way)
-  (b) isotropic `fisher-merge merge --method isotropic`
+  (b) isotropic `fisher-merge merge --method isotropic` (and again with FM_LOCAL_FSYNC=false,
+                since the baseline never waits for the disk)
   (c) fisher    `fisher-merge merge --method fisher`
   (d) mergekit  `mergekit-yaml` linear merge, when the command is found (MERGEKIT_YAML or PATH)
 
@@ -23,10 +24,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
-from transformers import BertConfig, BertForSequenceClassification
 
 SHAPES = {
     "base": {},
@@ -52,11 +49,24 @@ class Measurement:
 
 
 def make_models(root: Path, shape: str, count: int) -> list[Path]:
-    """`count` random fp32 checkpoints of one shape, each with a Fisher file beside it."""
-    config = BertConfig(**SHAPES[shape])
+    """`count` random fp32 checkpoints of one shape, each with a Fisher file beside it.
+
+    Runs in a child process: this one stays small, since a process spawned from it would
+    inherit its peak RSS (exec records the old address space's high-water mark)."""
+    if not all((root / shape / f"model{i}" / "config.json").exists() for i in range(count)):
+        command = [sys.executable, __file__, "--make", shape, "--workdir", str(root)]
+        subprocess.run([*command, "--models", str(count)], check=True)
+    return [root / shape / f"model{i}" for i in range(count)]
+
+
+def write_models(root: Path, shape: str, count: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(**SHAPES[shape], architectures=["BertForSequenceClassification"])
     with torch.device("meta"):
         specs = BertForSequenceClassification(config).state_dict()
-    paths = []
     for i in range(count):
         path = root / shape / f"model{i}"
         if not (path / "model.safetensors").exists():
@@ -67,22 +77,27 @@ def make_models(root: Path, shape: str, count: int) -> list[Path]:
             fisher = {n: t.square_() for n, t in state.items()}
             (path / "fisher").mkdir(exist_ok=True)
             save_file(fisher, path / "fisher" / "fisher.safetensors", metadata={"format": "pt"})
-            config.to_json_file(path / "config.json")
             del state, fisher
-        paths.append(path)
-    return paths
+        config.to_json_file(path / "config.json")
 
 
 def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one process and the children it waited for."""
+    """Wall seconds and peak RSS (bytes) of one process.
+
+    posix_spawn, not fork: a forked child's peak RSS would start at this process's own."""
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when collected)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
+    ]
+    program = shutil.which(command[0]) or command[0]
     started = time.perf_counter()
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    pid = os.posix_spawn(program, command, {**os.environ, **(env or {})}, file_actions=actions)
+    _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
-        error = process.stderr.read().decode() if process.stderr else ""
-        raise RuntimeError(f"{command[:3]} failed: {error[-2000:]}")
+        log.seek(0)
+        raise RuntimeError(f"{command[:3]} failed: {log.read().decode()[-2000:]}")
     return wall, usage.ru_maxrss * 1024
 
 
@@ -99,19 +114,47 @@ def contenders(models: list[Path], out: Path) -> dict[str, tuple[list[str], dict
     cli = [python, "-m", "app.cli", "merge", "--quiet", "--overwrite"]
     found = {
         "baseline": (
-            [python, "-c", BASELINE, *[str(m / "model.safetensors") for m in models],
-             str(out / "baseline.safetensors")],
+            [
+                python,
+                "-c",
+                BASELINE,
+                *[str(m / "model.safetensors") for m in models],
+                str(out / "baseline.safetensors"),
+            ],
             {},
         ),
         "isotropic": (
-            [*cli, "--method", "isotropic", "--out", str(out / "isotropic"),
-             *[arg for m in models for arg in ("--model", str(m))]],
+            [
+                *cli,
+                "--method",
+                "isotropic",
+                "--out",
+                str(out / "isotropic"),
+                *[arg for m in models for arg in ("--model", str(m))],
+            ],
             {"FM_DEVICE": "cpu"},
         ),
+        "isotropic, no fsync": (
+            [
+                *cli,
+                "--method",
+                "isotropic",
+                "--out",
+                str(out / "isotropic-nofsync"),
+                *[arg for m in models for arg in ("--model", str(m))],
+            ],
+            {"FM_DEVICE": "cpu", "FM_LOCAL_FSYNC": "false"},
+        ),
         "fisher": (
-            [*cli, "--method", "fisher", "--out", str(out / "fisher"),
-             *[arg for m in models for arg in ("--model", str(m))],
-             *[arg for m in models for arg in ("--fisher", str(m / "fisher"))]],
+            [
+                *cli,
+                "--method",
+                "fisher",
+                "--out",
+                str(out / "fisher"),
+                *[arg for m in models for arg in ("--model", str(m))],
+                *[arg for m in models for arg in ("--fisher", str(m / "fisher"))],
+            ],
             {"FM_DEVICE": "cpu"},
         ),
     }
@@ -147,7 +190,11 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--workdir", help="scratch folder kept between runs (default: temporary)")
     parser.add_argument("--json", help="also write the measurements here")
+    parser.add_argument("--make", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make:
+        write_models(Path(args.workdir), args.make, args.models)
+        return
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fm-bench-"))
     results = []
     try:
@@ -159,14 +206,16 @@ def main() -> None:
                 warm_page_cache(models)
                 wall, rss = run_measured(command, env)
                 results.append(Measurement(shape, name, wall, rss))
-                print(f"{shape:5} {name:9} {wall:7.2f} s {rss / 2**20:8.0f} MiB", flush=True)
+                print(f"{shape:5} {name:20} {wall:7.2f} s {rss / 2**20:8.0f} MiB", flush=True)
             shutil.rmtree(out)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
-    print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"torch {torch.__version__}, {args.models} fp32 models per shape")
+    print(
+        f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{platform.machine()}, {args.models} fp32 models per shape"
+    )
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=2))

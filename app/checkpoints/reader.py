@@ -42,13 +42,17 @@ class SafetensorsObject:
     def uri(self) -> str:
         return self.store.uri_of(self.info.key)
 
-    def read_rows(self, entry: TensorEntry, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of the tensor's first dimension, as a CPU tensor."""
+    def read_rows(
+        self, entry: TensorEntry, start: int, stop: int, buffer: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Rows [start, stop) of the tensor's first dimension, as a CPU tensor that views
+        `buffer` (uint8, at least as large) when one is given, or new memory."""
         spec = entry.spec
         row_bytes = spec.row_numel * DTYPES[spec.dtype].itemsize
+        size = (stop - start) * row_bytes
         # torch.empty, unlike bytearray, does not zero the memory it is about to overwrite
-        raw = torch.empty((stop - start) * row_bytes, dtype=torch.uint8)
-        if raw.numel():
+        raw = torch.empty(size, dtype=torch.uint8) if buffer is None else buffer[:size]
+        if size:
             self.store.read_into(
                 self.info.key, entry.begin + start * row_bytes, memoryview(raw.numpy())
             )
@@ -129,9 +133,11 @@ class Checkpoint:
         for name in self._where:
             yield self.spec(name)
 
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+    def read_rows(
+        self, name: str, start: int, stop: int, buffer: torch.Tensor | None = None
+    ) -> torch.Tensor:
         file, entry = self._where[name]
-        return file.read_rows(entry, start, stop)
+        return file.read_rows(entry, start, stop, buffer)
 
     def read(self, name: str) -> torch.Tensor:
         return self.read_rows(name, 0, self.spec(name).rows)

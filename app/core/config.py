@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     s3_part_bytes: int = Field(
         8 * MIB, ge=5 * MIB, description="Multipart upload part size (S3 needs at least 5 MiB)."
     )
+    local_fsync: bool = Field(
+        True,
+        description="fsync local files before publishing them, so a power loss cannot leave a "
+        "published but empty or torn file; off trades that for speed on scratch disks.",
+    )
     read_threads: int = Field(4, ge=1, le=64, description="Parallel tensor reads during a merge.")
 
 

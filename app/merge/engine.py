@@ -173,27 +173,43 @@ class _StreamingMerge:
         working = 4 * len(sources) + 8 if tensor.merged else 0
         return 2 * raw + working + DTYPES[tensor.output.dtype].itemsize
 
+    def _staging_buffers(self, steps: list[_Step]) -> list[dict[int, torch.Tensor]]:
+        """Two read buffers per input checkpoint (the step being merged and the one being read
+        ahead), each as large as that input's largest step: reused for every step, so the
+        merge allocates nothing per step and its memory is fixed before it starts."""
+        sizes: dict[int, int] = {}
+        for step in steps:
+            rows = step.stop - step.start
+            for source in self._sources(step.plan):
+                spec = source.spec(step.plan.source.name)
+                size = rows * spec.row_numel * DTYPES[spec.dtype].itemsize
+                sizes[id(source)] = max(sizes.get(id(source), 0), size)
+        return [
+            {key: torch.empty(size, dtype=torch.uint8) for key, size in sizes.items()}
+            for _ in range(2)
+        ]
+
     def write(self, writer: CheckpointWriter, progress: ProgressCallback | None) -> None:
         total = sum(spec.nbytes for spec in self.plan.output_specs)
         done = 0
+        steps = list(self._steps())
+        buffers = self._staging_buffers(steps)
         with ThreadPoolExecutor(max_workers=self.read_threads) as pool:
 
-            def read(step: _Step | None) -> list[Future[torch.Tensor]]:
-                if step is None:
+            def read(i: int) -> list[Future[torch.Tensor]]:
+                if i >= len(steps):
                     return []
+                step, slot = steps[i], buffers[i % 2]
                 name = step.plan.source.name
                 return [
-                    pool.submit(source.read_rows, name, step.start, step.stop)
+                    pool.submit(source.read_rows, name, step.start, step.stop, slot[id(source)])
                     for source in self._sources(step.plan)
                 ]
 
-            steps = self._steps()
-            ahead = next(steps, None)
-            reading = read(ahead)
-            while ahead is not None:
-                step, values = ahead, [future.result() for future in reading]
-                ahead = next(steps, None)
-                reading = read(ahead)
+            reading = read(0)
+            for i, step in enumerate(steps):
+                values = [future.result() for future in reading]
+                reading = read(i + 1)
                 out = self._combine(step, values)
                 writer.write(step.plan.output.name, out.cpu())
                 done += out.numel() * out.element_size()
@@ -201,23 +217,23 @@ class _StreamingMerge:
                     progress(Progress(done=done, total=total))
 
     def _combine(self, step: _Step, values: list[torch.Tensor]) -> torch.Tensor:
-        """The output slice of one step, after checking every input that feeds it."""
+        """The output slice of one step; the inputs are overwritten."""
         spec, out_dtype = step.plan.source, DTYPES[step.plan.output.dtype].torch_dtype
         if not step.plan.merged:
             out = values[0].to(out_dtype)
         else:
             count = len(self.models)
+            for i, lam in enumerate(self.lambdas):
+                if not lam:  # a model weighted 0 never reaches the output's check below
+                    _check_finite(values[i], spec, self.models[i].locate(spec.name))
             thetas = [self._on_device(value) for value in values[:count]]
             fishers = None
             if self.fishers is not None:
                 fishers = [self._on_device(value) for value in values[count:]]
                 self._check_fishers(spec, fishers)
             out = self.method.merge(thetas, self.lambdas, fishers).to(out_dtype)
-            for i, lam in enumerate(self.lambdas):
-                if not lam:  # a model weighted 0 does not reach the output's check below
-                    _check_finite(values[i], spec, self.models[i].locate(spec.name))
         if not _all_finite(out):
-            self._blame(step, values)
+            self._blame(step)
         return out
 
     def _on_device(self, value: torch.Tensor) -> torch.Tensor:
@@ -232,10 +248,12 @@ class _StreamingMerge:
             if self.fisher_norms is not None:
                 fisher.div_(self.fisher_norms[i])
 
-    def _blame(self, step: _Step, values: list[torch.Tensor]) -> None:
-        """The output is not finite: name the input responsible, or else the output dtype."""
+    def _blame(self, step: _Step) -> None:
+        """The output is not finite: read the inputs again (the merge overwrote its copies)
+        and name the one responsible, or else the output dtype."""
         spec = step.plan.source
-        for source, value in zip(self._sources(step.plan), values, strict=True):
+        for source in self._sources(step.plan):
+            value = source.read_rows(spec.name, step.start, step.stop)
             _check_finite(value, spec, source.locate(spec.name))
         raise MergeInputError(
             f"tensor {spec.name!r}: merged values overflow {step.plan.output.dtype}"

@@ -18,9 +18,10 @@ def open_store(uri: str, settings: Settings | None = None) -> ObjectStore:
     from app.storage.s3 import S3Store
 
     parsed = parse_uri(uri)
+    settings = settings or get_settings()
     if parsed.scheme == "s3":
-        return S3Store(parsed.bucket, parsed.path, settings or get_settings())
-    return LocalStore(parsed.path)
+        return S3Store(parsed.bucket, parsed.path, settings)
+    return LocalStore(parsed.path, fsync=settings.local_fsync)
 
 
 __all__ = [

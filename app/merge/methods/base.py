@@ -28,8 +28,8 @@ class MergeMethod(ABC):
     ) -> torch.Tensor:
         """θ* for one parameter slice; every input is float32 of one shape on one device.
 
-        The Fisher tensors are scratch buffers the method may overwrite (saving an allocation
-        per model and step); the thetas must be left as they are."""
+        The inputs are scratch buffers: a method may overwrite them and return one of them,
+        which keeps a streamed merge free of allocations."""
 
 
 METHODS: dict[str, type[MergeMethod]] = {}

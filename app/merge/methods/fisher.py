@@ -17,9 +17,9 @@ def fisher_merge(
     for theta, fisher, lam in zip(thetas, fishers, lambdas, strict=True):
         if not lam:
             continue
-        weight = fisher.clamp_min_(floor).mul_(lam)  # λᵢ F̃ᵢ, in the Fisher's own buffer
+        weight = fisher.clamp_min_(floor).mul_(lam)  # λᵢ F̃ᵢ
         if numerator is None or denominator is None:
-            numerator, denominator = weight * theta, weight
+            numerator, denominator = theta.mul_(weight), weight
         else:
             numerator.addcmul_(weight, theta)
             denominator.add_(weight)

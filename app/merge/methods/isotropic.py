@@ -14,7 +14,7 @@ def isotropic_merge(thetas: Sequence[torch.Tensor], lambdas: Sequence[float]) ->
         if not lam:
             continue
         if theta is None:
-            theta = theta_i * (lam / total)
+            theta = theta_i.mul_(lam / total)
         else:
             theta.add_(theta_i, alpha=lam / total)
     assert theta is not None, "lambdas must have a positive sum"
