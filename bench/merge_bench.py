@@ -10,7 +10,9 @@ contender runs as its own process, timed from outside; peak RSS comes from its r
   (c) fisher    `fisher-merge merge --method fisher`
   (d) mergekit  `mergekit-yaml` linear merge, when the command is found (MERGEKIT_YAML or PATH)
 
-Usage: python bench/merge_bench.py [--shapes base,deep,wide] [--workdir DIR] [--models 3]
+Wall time is the median of --repeat runs (interleaved), peak RSS the largest.
+
+Usage: python bench/merge_bench.py [--shapes base,deep,wide] [--workdir DIR] [--repeat 3]
 """
 
 import argparse
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -188,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="base,deep,wide")
     parser.add_argument("--models", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
     parser.add_argument("--workdir", help="scratch folder kept between runs (default: temporary)")
     parser.add_argument("--json", help="also write the measurements here")
     parser.add_argument("--make", help=argparse.SUPPRESS)
@@ -202,11 +206,16 @@ def main() -> None:
             models = make_models(workdir, shape, args.models)
             out = workdir / shape / "out"
             out.mkdir(exist_ok=True)
-            for name, (command, env) in contenders(models, out).items():
-                warm_page_cache(models)
-                wall, rss = run_measured(command, env)
-                results.append(Measurement(shape, name, wall, rss))
-                print(f"{shape:5} {name:20} {wall:7.2f} s {rss / 2**20:8.0f} MiB", flush=True)
+            runs: dict[str, list[tuple[float, int]]] = {}
+            for _ in range(args.repeat):  # interleaved, so drift hits every contender alike
+                for name, (command, env) in contenders(models, out).items():
+                    warm_page_cache(models)
+                    wall, rss = run_measured(command, env)
+                    runs.setdefault(name, []).append((wall, rss))
+                    print(f"{shape:5} {name:20} {wall:7.2f} s {rss / 2**20:8.0f} MiB", flush=True)
+            for name, measured in runs.items():
+                wall = statistics.median(wall for wall, _ in measured)
+                results.append(Measurement(shape, name, wall, max(rss for _, rss in measured)))
             shutil.rmtree(out)
     finally:
         if not args.workdir:
@@ -214,7 +223,7 @@ def main() -> None:
     print()
     print(
         f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.machine()}, {args.models} fp32 models per shape"
+        f"{platform.machine()}, {args.models} fp32 models per shape, median of {args.repeat} runs"
     )
     print(table(results))
     if args.json:

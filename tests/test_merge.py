@@ -364,3 +364,47 @@ def test_progress_reaches_the_total(tmp_path, zoo):
     run_merge(request, progress=seen.append)
     assert seen[-1].done == seen[-1].total > 0
     assert [p.done for p in seen] == sorted(p.done for p in seen)
+
+
+def test_overflow_of_the_output_dtype_is_named(tmp_path):
+    for name, value in [("x", 70000.0), ("y", 80000.0)]:
+        (tmp_path / name).mkdir()
+        tensors = {"big": torch.full((4, 4), value), "small": torch.ones(100, 4)}
+        save_file(tensors, tmp_path / name / "model.safetensors", metadata={"format": "pt"})
+    request = MergeRequest(
+        models=[str(tmp_path / "x"), str(tmp_path / "y")],
+        method="isotropic",
+        dtype="float16",
+        output_uri=str(tmp_path / "out"),
+    )
+    with pytest.raises(MergeInputError, match="tensor 'big': merged values overflow F16"):
+        run_merge(request)
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_in_a_model_weighted_zero_is_still_rejected(tmp_path, zoo):
+    broken = tmp_path / "b"
+    shutil.copytree(zoo / "b", broken)
+    state = load_file(broken / "model.safetensors")
+    state["bert.pooler.dense.bias"][0] = float("inf")
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    request = MergeRequest(
+        models=[str(zoo / "a"), str(broken)],
+        lambdas=[1.0, 0.0],
+        method="isotropic",
+        output_uri=str(tmp_path / "out"),
+    )
+    with pytest.raises(
+        MergeInputError, match=r"b/model.safetensors: tensor 'bert.pooler.dense.bias'"
+    ):
+        run_merge(request)
+
+
+def test_zero_lambda_drops_a_model(tmp_path, zoo):
+    place = Place("local", tmp_path, Settings())
+    out, _ = merged(
+        place, models=[str(zoo / "a"), str(zoo / "b")], lambdas=[0.0, 2.0], method="isotropic"
+    )
+    b = load_state(zoo / "b")
+    for name, value in out.items():
+        assert torch.equal(value, b[name])
