@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -58,8 +58,15 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"fisher-merge: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fisher-merge", description="Fisher-weighted merging of transformers checkpoints."
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -101,6 +101,10 @@ def test_merge_on_s3_through_the_environment(tmp_path, zoo, s3_endpoint, s3_clie
     assert {k["Key"].rsplit("/", 1)[1] for k in keys} >= {"model.safetensors", "merge.json"}
 
 
+def merge_args(*models: Path, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    return ["merge", *[a for m in models for a in ("--model", str(m))], "--out", str(out), *extra]
+
+
 def one_line_error(done: subprocess.CompletedProcess) -> str:
     assert done.returncode == 2
     assert done.stdout == ""
@@ -112,19 +116,7 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
 
 def test_bad_lambdas_exit_non_zero_with_one_line(tmp_path, zoo):
     line = one_line_error(
-        run_cli(
-            "merge",
-            "--model",
-            str(zoo / "a"),
-            "--model",
-            str(zoo / "b"),
-            "--method",
-            "isotropic",
-            "--lambdas",
-            "1,-1",
-            "--out",
-            str(tmp_path / "o"),
-        )
+        run_cli(*merge_args(zoo / "a", zoo / "b", out=tmp_path / "o", extra=("--lambdas", "1,-1")))
     )
     assert "lambdas[1] = -1.0 must be finite and >= 0" in line
     assert not (tmp_path / "o").exists()
@@ -134,15 +126,7 @@ def test_missing_checkpoint_is_named(tmp_path, zoo):
     missing = tmp_path / "nowhere"
     line = one_line_error(
         run_cli(
-            "merge",
-            "--model",
-            str(zoo / "a"),
-            "--model",
-            str(missing),
-            "--method",
-            "isotropic",
-            "--out",
-            str(tmp_path / "o"),
+            *merge_args(zoo / "a", missing, out=tmp_path / "o", extra=("--method", "isotropic"))
         )
     )
     assert str(missing) in line and "model.safetensors" in line
@@ -159,15 +143,17 @@ def test_unreadable_config(tmp_path: Path):
 def test_fisher_flags_must_pair_with_models(zoo, tmp_path):
     line = one_line_error(
         run_cli(
-            "merge",
-            "--model",
-            str(zoo / "a"),
-            "--model",
-            str(zoo / "b"),
-            "--fisher",
-            str(zoo / "fishers" / "a"),
-            "--out",
-            str(tmp_path / "o"),
+            *merge_args(
+                zoo / "a",
+                zoo / "b",
+                out=tmp_path / "o",
+                extra=("--fisher", str(zoo / "fishers" / "a")),
+            ),
         )
     )
     assert "1 --fisher values for 2 models" in line
+
+
+def test_usage_errors_are_one_line_too():
+    line = one_line_error(run_cli("merge", "--lambdas"))
+    assert "argument --lambdas: expected one argument" in line

@@ -282,41 +282,39 @@ def test_non_finite_input_fails_with_the_tensor_name(place, zoo, tmp_path):
     assert place.out_is_empty()
 
 
-def test_fisher_missing_a_merged_tensor_fails_before_writing(tmp_path, zoo):
-    partial = tmp_path / "partial_fisher"
-    partial.mkdir()
+def merge_with_edited_fisher(tmp_path: Path, zoo: Path, edit) -> None:
+    """Merge a and b, with b's Fisher changed by `edit(fisher_dict)`."""
+    edited = tmp_path / "edited_fisher"
+    edited.mkdir()
     fisher = load_file(zoo / "fishers" / "b" / "fisher.safetensors")
-    del fisher["bert.pooler.dense.bias"]
-    save_file(fisher, partial / "fisher.safetensors")
+    edit(fisher)
+    save_file(fisher, edited / "fisher.safetensors")
     request = MergeRequest(
         models=[
             {"uri": str(zoo / "a"), "fisher": str(zoo / "fishers" / "a")},
-            {"uri": str(zoo / "b"), "fisher": str(partial)},
+            {"uri": str(zoo / "b"), "fisher": str(edited)},
         ],
         output_uri=str(tmp_path / "out"),
     )
+    try:
+        run_merge(request)
+    finally:
+        assert not (tmp_path / "out").exists()
+
+
+def test_fisher_missing_a_merged_tensor_fails_before_writing(tmp_path, zoo):
     with pytest.raises(
         CheckpointError, match="no entry for merged tensor 'bert.pooler.dense.bias'"
     ):
-        run_merge(request)
-    assert not (tmp_path / "out").exists()
+        merge_with_edited_fisher(tmp_path, zoo, lambda f: f.pop("bert.pooler.dense.bias"))
 
 
 def test_negative_fisher_is_rejected(tmp_path, zoo):
-    negative = tmp_path / "negative"
-    negative.mkdir()
-    fisher = load_file(zoo / "fishers" / "b" / "fisher.safetensors")
-    fisher["bert.pooler.dense.bias"][0] = -1.0
-    save_file(fisher, negative / "fisher.safetensors")
-    request = MergeRequest(
-        models=[
-            {"uri": str(zoo / "a"), "fisher": str(zoo / "fishers" / "a")},
-            {"uri": str(zoo / "b"), "fisher": str(negative)},
-        ],
-        output_uri=str(tmp_path / "out"),
-    )
+    def negative(fisher):
+        fisher["bert.pooler.dense.bias"][0] = -1.0
+
     with pytest.raises(MergeInputError, match="'bert.pooler.dense.bias' has negative values"):
-        run_merge(request)
+        merge_with_edited_fisher(tmp_path, zoo, negative)
 
 
 def test_different_architectures_are_refused(tmp_path, zoo):
