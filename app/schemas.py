@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from app.merge.methods import METHODS
 from app.storage.uri import StoreURI
 
 OutputDType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -77,16 +78,12 @@ class MergeRequest(FrozenModel):
     @field_validator("method")
     @classmethod
     def _method_known(cls, method: str) -> str:
-        from app.merge.methods import METHODS
-
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
         return method
 
     @model_validator(mode="after")
     def _consistent(self) -> "MergeRequest":
-        from app.merge.methods import METHODS
-
         if self.lambdas is not None and len(self.lambdas) != len(self.models):
             raise ValueError(
                 f"lambdas has {len(self.lambdas)} values but models has {len(self.models)}"
