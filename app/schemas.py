@@ -32,10 +32,68 @@ class FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+Task = Literal["sequence-classification", "causal-lm"]
+FisherType = Literal["exact", "sampled", "empirical"]
+
+
+class DatasetSpec(FrozenModel):
+    uri: StoreURI = Field(description="JSON Lines file, one example an object.")
+    text_fields: list[str] = Field(
+        min_length=1, max_length=2, description="One text field, or two for a text pair."
+    )
+    label_field: str | None = Field(
+        None, description="Class index or a name in the checkpoint's label2id."
+    )
+
+
+class FisherSettings(FrozenModel):
+    """How to compute a Fisher, for any model: `fisher_defaults` of a merge."""
+
+    dataset: DatasetSpec
+    task: Task = "sequence-classification"
+    fisher_type: FisherType = "exact"
+    n_examples: int = Field(1024, ge=1, description="First n (or a seeded sample if shuffle).")
+    n_samples: int = Field(1, ge=1, description="Label draws per example for 'sampled'.")
+    batch_size: int = Field(16, ge=1, description="Does not change the result.")
+    max_seq_length: int = Field(128, ge=2)
+    seed: int = 0
+    shuffle: bool = False
+
+    @model_validator(mode="after")
+    def _fits(self) -> "FisherSettings":
+        if self.fisher_type == "exact" and self.task != "sequence-classification":
+            raise ValueError("fisher_type 'exact' needs task 'sequence-classification'")
+        if (
+            self.fisher_type == "empirical"
+            and self.task == "sequence-classification"
+            and self.dataset.label_field is None
+        ):
+            raise ValueError("fisher_type 'empirical' needs dataset.label_field")
+        return self
+
+
+class FisherRequest(FisherSettings):
+    """The body of POST /fisher and `fisher-merge fisher`."""
+
+    model: StoreURI
+    output_uri: StoreURI | None = Field(
+        None, description="Write here instead of the content-addressed cache."
+    )
+
+    @property
+    def settings(self) -> FisherSettings:
+        return FisherSettings.model_validate(self.model_dump(exclude={"model", "output_uri"}))
+
+
 class ModelInput(FrozenModel):
     uri: StoreURI = Field(description="Checkpoint prefix in Hugging Face layout.")
-    fisher: StoreURI | None = Field(
-        None, description="Prefix holding fisher.safetensors; needed by method 'fisher'."
+    fisher: Literal["auto"] | StoreURI | None = Field(
+        None,
+        description="Prefix holding fisher.safetensors, or 'auto' to reuse or compute one; "
+        "needed by method 'fisher'.",
+    )
+    fisher_request: FisherSettings | None = Field(
+        None, description="How to compute this model's Fisher when it is 'auto'."
     )
 
 
@@ -62,6 +120,9 @@ class MergeRequest(FrozenModel):
         None, description="Largest output shard (bytes or '5GB'); default from FM_MAX_SHARD_SIZE."
     )
     overwrite: bool = Field(False, description="Replace an existing checkpoint at output_uri.")
+    fisher_defaults: FisherSettings | None = Field(
+        None, description="How to compute 'auto' Fishers of models without a fisher_request."
+    )
 
     @field_validator("lambdas")
     @classmethod
@@ -99,7 +160,22 @@ class MergeRequest(FrozenModel):
                     f"method {self.method!r} needs a fisher for every model; "
                     f"models {missing} have none"
                 )
+        auto = [
+            i
+            for i, model in enumerate(self.models)
+            if model.fisher == "auto" and model.fisher_request is None
+        ]
+        if auto and self.fisher_defaults is None:
+            raise ValueError(
+                f"models {auto} have fisher 'auto' but neither a fisher_request nor "
+                "fisher_defaults says how to compute it"
+            )
         return self
+
+    def fisher_settings(self, index: int) -> FisherSettings:
+        settings = self.models[index].fisher_request or self.fisher_defaults
+        assert settings is not None
+        return settings
 
     @property
     def weights(self) -> list[float]:

@@ -1,0 +1,1 @@
+"""Diagonal Fisher information of transformers checkpoints: data, per-example gradients, cache."""
