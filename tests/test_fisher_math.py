@@ -149,8 +149,6 @@ def test_many_draws_approach_exact(classifier):
 def test_padding_does_not_change_the_fisher(classifier, causal_lm, task):
     model, tokenizer = classifier if task == "sequence-classification" else causal_lm
     fisher_type = "sampled"
-    short = [("good film",)]
-    alone = batched(model, tokenizer, short, [1], task, fisher_type, 1, n_samples=2, seed=3)
     long_company = [("good film",), ("really very dull and not fun at all the plot was bad",)]
     padded = batched(
         model, tokenizer, long_company, [1, 0], task, fisher_type, 2, n_samples=2, seed=3
@@ -159,13 +157,6 @@ def test_padding_does_not_change_the_fisher(classifier, causal_lm, task):
         model, tokenizer, long_company, [1, 0], task, fisher_type, 1, n_samples=2, seed=3
     )
     assert relative_error(padded, separately) <= 1e-4
-    assert torch.isfinite(
-        alone[
-            "transformer.wte.weight"
-            if task == "causal-lm"
-            else "bert.embeddings.word_embeddings.weight"
-        ]
-    ).all()
 
 
 def test_squaring_a_batch_gradient_would_differ(classifier):
