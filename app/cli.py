@@ -1,4 +1,4 @@
-"""The `fisher-merge` command: `merge` now; the Fisher and service commands join it here.
+"""The `fisher-merge` command: `merge` and `fisher`; the service commands join them here.
 
 Every subcommand builds the same request model the REST API takes, from `--config FILE.json`
 (`-` for standard input) with flags as shortcuts that override its fields.
@@ -7,16 +7,15 @@ Every subcommand builds the same request model the REST API takes, from `--confi
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from app.checkpoints.format import CheckpointError
 from app.core.memory import return_freed_buffers_to_os
 from app.merge.engine import Progress, ProgressCallback, run_merge
 from app.merge.methods import METHODS
-from app.schemas import MergeRequest
+from app.schemas import FisherRequest, MergeRequest
 from app.storage import StorageError
 
 EXIT_BAD_INPUT = 2
@@ -35,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except ValidationError as error:
         return _fail(f"invalid request: {describe_validation_error(error)}", EXIT_BAD_INPUT)
-    except (UsageError, CheckpointError, ValueError, FileNotFoundError) as error:
+    except (UsageError, ValueError, FileNotFoundError) as error:
         return _fail(str(error), EXIT_BAD_INPUT)
     except StorageError as error:
         return _fail(f"storage: {error}", EXIT_FAILED)
@@ -91,6 +90,25 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--overwrite", action="store_true", default=None)
     merge.add_argument("--quiet", action="store_true", help="no progress bar")
     merge.set_defaults(handler=_merge)
+
+    fisher = commands.add_parser(
+        "fisher",
+        help="compute (or find in the cache) a model's diagonal Fisher",
+        description="The JSON body of POST /fisher, with flags as shortcuts.",
+    )
+    fisher.add_argument("--config", help="request JSON file, or - for standard input")
+    fisher.add_argument("--model", metavar="URI", help="checkpoint prefix")
+    fisher.add_argument("--dataset", metavar="URI", help="JSON Lines data set")
+    fisher.add_argument("--text-field", action="append", help="text field (repeat for pairs)")
+    fisher.add_argument("--label-field")
+    fisher.add_argument("--task", choices=["sequence-classification", "causal-lm"])
+    fisher.add_argument("--fisher-type", choices=["exact", "sampled", "empirical"])
+    for flag in ("--n-examples", "--n-samples", "--batch-size", "--max-seq-length", "--seed"):
+        fisher.add_argument(flag, type=int)
+    fisher.add_argument("--shuffle", action="store_true", default=None)
+    fisher.add_argument("--out", dest="output_uri", metavar="URI", help="instead of the cache")
+    fisher.add_argument("--quiet", action="store_true", help="no progress bar")
+    fisher.set_defaults(handler=_fisher)
     return parser
 
 
@@ -142,8 +160,64 @@ def merge_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+def fisher_body(args: argparse.Namespace) -> dict[str, Any]:
+    body = load_config(args.config)
+    dataset = dict(body.get("dataset") or {})
+    for flag, field in (("dataset", "uri"), ("text_field", "text_fields"), ("label_field", None)):
+        value = getattr(args, flag)
+        if value is not None:
+            dataset[field or flag] = value
+    if dataset:
+        body["dataset"] = dataset
+    for field in (
+        "model",
+        "task",
+        "fisher_type",
+        "n_examples",
+        "n_samples",
+        "batch_size",
+        "max_seq_length",
+        "seed",
+        "shuffle",
+        "output_uri",
+    ):
+        value = getattr(args, field)
+        if value is not None:
+            body[field] = value
+    return body
+
+
+def _fisher(args: argparse.Namespace) -> int:
+    from app.fisher.engine import run_fisher
+
+    request = FisherRequest.model_validate(fisher_body(args))
+    with _progress_bar(enabled=not args.quiet, unit="examples") as progress:
+        result = run_fisher(request, progress=progress and _counts(progress))
+    print(
+        json.dumps(
+            {
+                "fisher_uri": result.fisher_uri,
+                "cached": result.cached,
+                "key": result.key,
+                "n_examples": result.manifest["n_examples"],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _counts(progress: ProgressCallback) -> Callable[[int, int], None]:
+    return lambda done, total: progress(Progress(done=done, total=total, unit="examples"))
+
+
 def _merge(args: argparse.Namespace) -> int:
     request = MergeRequest.model_validate(merge_body(args))
+    if any(model.fisher == "auto" for model in request.models):
+        from app.fisher.auto import resolve_auto_fishers
+
+        with _progress_bar(enabled=not args.quiet, unit="examples") as progress:
+            request = resolve_auto_fishers(request, progress=progress and _counts(progress))
     with _progress_bar(enabled=not args.quiet) as progress:
         result = run_merge(request, progress=progress)
     summary = {
@@ -159,8 +233,9 @@ def _merge(args: argparse.Namespace) -> int:
 class _progress_bar:
     """A tqdm bar on an interactive terminal; nothing otherwise."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, unit: str = "bytes") -> None:
         self.enabled = enabled and sys.stderr.isatty()
+        self.unit = unit
         self.bar: Any = None
 
     def __enter__(self) -> ProgressCallback | None:
@@ -168,7 +243,10 @@ class _progress_bar:
             return None
         from tqdm import tqdm
 
-        self.bar = tqdm(total=0, unit="B", unit_scale=True, desc="merging", file=sys.stderr)
+        if self.unit == "bytes":
+            self.bar = tqdm(total=0, unit="B", unit_scale=True, desc="merging", file=sys.stderr)
+        else:
+            self.bar = tqdm(total=0, unit=" examples", desc="fisher", file=sys.stderr)
         return self._update
 
     def _update(self, progress: Progress) -> None:

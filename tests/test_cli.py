@@ -157,3 +157,50 @@ def test_fisher_flags_must_pair_with_models(zoo, tmp_path):
 def test_usage_errors_are_one_line_too():
     line = one_line_error(run_cli("merge", "--lambdas"))
     assert "argument --lambdas: expected one argument" in line
+
+
+def test_fisher_command_computes_then_reuses(tmp_path, zoo):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "the movie was good", "label": 1}\n{"text": "bad", "label": 0}\n')
+    args = [
+        "fisher",
+        "--model",
+        str(zoo / "a"),
+        "--dataset",
+        str(data),
+        "--text-field",
+        "text",
+        "--label-field",
+        "label",
+        "--fisher-type",
+        "empirical",
+    ]
+    env = {"FM_CACHE_URI": str(tmp_path / "cache"), "FM_MODEL_CACHE_DIR": str(tmp_path / "m")}
+    first = run_cli(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["cached"] is False and answer["n_examples"] == 2
+    assert (Path(answer["fisher_uri"].removeprefix("file://")) / "fisher.safetensors").exists()
+    second = run_cli(*args, "--batch-size", "1", env=env)
+    assert json.loads(second.stdout)["cached"] is True
+
+
+def test_fisher_command_bad_task_is_one_line(tmp_path, zoo):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "good"}\n')
+    line = one_line_error(
+        run_cli(
+            "fisher",
+            "--model",
+            str(zoo / "a"),
+            "--dataset",
+            str(data),
+            "--text-field",
+            "text",
+            "--task",
+            "causal-lm",
+            "--fisher-type",
+            "exact",
+        )
+    )
+    assert "fisher_type 'exact' needs task 'sequence-classification'" in line

@@ -1,6 +1,7 @@
 """The one settings class: every `FM_*` environment variable the api, workers and CLI read."""
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -34,6 +35,14 @@ class Settings(BaseSettings):
         True,
         description="fsync local files before publishing them, so a power loss cannot leave a "
         "published but empty or torn file; off trades that for speed on scratch disks.",
+    )
+    cache_uri: str = Field(
+        str(Path.home() / ".cache" / "fisher-merge" / "store"),
+        description="Prefix of the content-addressed Fisher cache (fishers/<key>/ below it).",
+    )
+    model_cache_dir: Path = Field(
+        Path.home() / ".cache" / "fisher-merge" / "models",
+        description="Local folder where checkpoints from object storage are kept for loading.",
     )
     read_threads: int = Field(4, ge=1, le=64, description="Parallel tensor reads during a merge.")
 

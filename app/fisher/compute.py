@@ -40,6 +40,12 @@ def diagonal_fisher(
             tracker.start_batch()
             logits = model(**batch.inputs).logits
             log_probs = logits.float().log_softmax(-1)
+            if not bool(torch.isfinite(log_probs).all()):
+                raise ValueError(
+                    f"the model's log-probabilities are not finite for examples "
+                    f"{batch.first_index}..{batch.first_index + log_probs.shape[0] - 1} "
+                    "(NaN or Inf in the checkpoint?)"
+                )
             if task == "causal-lm":
                 _causal_lm(tracker, log_probs, batch, fisher_type, n_samples, seed)
             else:

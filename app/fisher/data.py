@@ -27,14 +27,12 @@ class Examples:
 
 
 def load_examples(
-    settings: FisherSettings, label2id: dict[str, int], num_labels: int, app_settings: Settings
+    settings: FisherSettings, raw: bytes, label2id: dict[str, int], num_labels: int
 ) -> Examples:
-    """Read the data set, pick the examples (first n, or a seeded sample) and map labels.
-
-    Fewer rows than `n_examples` is not an error: all of them are used and the count recorded.
-    """
+    """Parse the data set's bytes, pick the examples (first n, or a seeded sample) and map
+    labels. Fewer rows than `n_examples` is not an error: all of them are used, and fisher.json
+    records both counts."""
     spec = settings.dataset
-    raw = _read(spec.uri, app_settings)
     rows = []
     for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
         if not line.strip():
@@ -64,7 +62,7 @@ def load_examples(
     )
 
 
-def _read(uri: str, settings: Settings) -> bytes:
+def read_dataset(uri: str, settings: Settings) -> bytes:
     parsed = parse_uri(uri)
     folder, _, name = parsed.path.rstrip("/").rpartition("/")
     root = f"s3://{parsed.bucket}/{folder}" if parsed.scheme == "s3" else (folder or "/")

@@ -83,6 +83,8 @@ def run_merge(
     progress: ProgressCallback | None = None,
 ) -> MergeResult:
     settings = settings or get_settings()
+    if any(model.fisher == "auto" for model in request.models):
+        raise ValueError("models with fisher 'auto' must be resolved to Fisher URIs first")
     models = [Checkpoint.open(open_store(model.uri, settings)) for model in request.models]
     fishers = None
     if METHODS[request.method].needs_fisher:
