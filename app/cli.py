@@ -144,7 +144,12 @@ def merge_body(args: argparse.Namespace) -> dict[str, Any]:
             body["lambdas"] = [float(value) for value in args.lambdas.split(",")]
         except ValueError:
             raise UsageError(f"--lambdas {args.lambdas!r}: expected numbers like 0.7,0.3") from None
-    for field in (
+    return _with_flags(body, args, MERGE_FLAGS)
+
+
+MERGE_FLAGS = {
+    name: name
+    for name in (
         "method",
         "output_uri",
         "target",
@@ -153,23 +158,11 @@ def merge_body(args: argparse.Namespace) -> dict[str, Any]:
         "normalize_fishers",
         "max_shard_size",
         "overwrite",
-    ):
-        value = getattr(args, field)
-        if value is not None:
-            body[field] = value
-    return body
-
-
-def fisher_body(args: argparse.Namespace) -> dict[str, Any]:
-    body = load_config(args.config)
-    dataset = dict(body.get("dataset") or {})
-    for flag, field in (("dataset", "uri"), ("text_field", "text_fields"), ("label_field", None)):
-        value = getattr(args, flag)
-        if value is not None:
-            dataset[field or flag] = value
-    if dataset:
-        body["dataset"] = dataset
-    for field in (
+    )
+}
+FISHER_FLAGS = {
+    name: name
+    for name in (
         "model",
         "task",
         "fisher_type",
@@ -180,11 +173,25 @@ def fisher_body(args: argparse.Namespace) -> dict[str, Any]:
         "seed",
         "shuffle",
         "output_uri",
-    ):
-        value = getattr(args, field)
-        if value is not None:
-            body[field] = value
-    return body
+    )
+}
+DATASET_FLAGS = {"dataset": "uri", "text_field": "text_fields", "label_field": "label_field"}
+
+
+def _with_flags(
+    body: dict[str, Any], args: argparse.Namespace, flags: dict[str, str]
+) -> dict[str, Any]:
+    """`body` with every flag that was given (attribute name -> field) set over it."""
+    given = {field: getattr(args, flag) for flag, field in flags.items()}
+    return body | {field: value for field, value in given.items() if value is not None}
+
+
+def fisher_body(args: argparse.Namespace) -> dict[str, Any]:
+    body = load_config(args.config)
+    dataset = _with_flags(dict(body.get("dataset") or {}), args, DATASET_FLAGS)
+    if dataset:
+        body["dataset"] = dataset
+    return _with_flags(body, args, FISHER_FLAGS)
 
 
 def _fisher(args: argparse.Namespace) -> int:
