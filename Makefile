@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: install
 	$(BIN)/python -m app.synthetic $(DEMO)
-	$(BIN)/fisher-merge merge --config $(DEMO)/merge.json --overwrite
+	FM_CACHE_URI=$(DEMO)/cache $(BIN)/fisher-merge merge --config $(DEMO)/merge.json --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

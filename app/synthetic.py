@@ -157,18 +157,52 @@ def save_stand_in_fisher(checkpoint: str | Path, path: str | Path, seed: int) ->
     return path
 
 
+DEMO_ROWS = {
+    "sentiment": [
+        ("the movie was good", 1),
+        ("great acting", 1),
+        ("really fun", 1),
+        ("a good film", 1),
+        ("bad plot", 0),
+        ("the acting was awful", 0),
+        ("not fun at all", 0),
+        ("very dull", 0),
+    ],
+    "topic": [
+        ("the plot was dull", 0),
+        ("a very good plot", 0),
+        ("great acting", 1),
+        ("the acting is awful", 1),
+        ("the film was fun", 2),
+        ("a movie", 2),
+    ],
+}
+
+
 def write_demo(root: str | Path) -> Path:
-    """Two fine-tunes of one tiny base (2 and 3 labels), stand-in Fishers and a merge request."""
+    """Two fine-tunes of one tiny base (2 and 3 labels, the second sharded), a small data set for
+    each, and a merge request whose Fishers are 'auto': computed on first use, then cached."""
     root = Path(root).absolute()
     save_tiny_classifier(root / "sentiment", seed=1, num_labels=2)
     save_tiny_classifier(root / "topic", seed=2, num_labels=3, max_shard_size="40KB")
-    save_stand_in_fisher(root / "sentiment", root / "fishers" / "sentiment", seed=1)
-    save_stand_in_fisher(root / "topic", root / "fishers" / "topic", seed=2)
+    models = []
+    for name, rows in DEMO_ROWS.items():
+        lines = [json.dumps({"text": text, "label": label}) for text, label in rows]
+        (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        dataset = {
+            "uri": str(root / f"{name}.jsonl"),
+            "text_fields": ["text"],
+            "label_field": "label",
+        }
+        models.append(
+            {
+                "uri": str(root / name),
+                "fisher": "auto",
+                "fisher_request": {"dataset": dataset, "fisher_type": "exact", "n_examples": 64},
+            }
+        )
     request = {
-        "models": [
-            {"uri": str(root / "sentiment"), "fisher": str(root / "fishers" / "sentiment")},
-            {"uri": f"file://{root / 'topic'}", "fisher": str(root / "fishers" / "topic")},
-        ],
+        "models": models,
         "lambdas": [0.7, 0.3],
         "method": "fisher",
         "output_uri": str(root / "merged"),

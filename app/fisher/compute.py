@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from app.core.finite import all_finite
 from app.fisher.data import Batch
 from app.fisher.per_example import PerExampleSquaredGradients
 from app.schemas import FisherType, Task
@@ -40,7 +41,7 @@ def diagonal_fisher(
             tracker.start_batch()
             logits = model(**batch.inputs).logits
             log_probs = logits.float().log_softmax(-1)
-            if not bool(torch.isfinite(log_probs).all()):
+            if not all_finite(log_probs):
                 raise ValueError(
                     f"the model's log-probabilities are not finite for examples "
                     f"{batch.first_index}..{batch.first_index + log_probs.shape[0] - 1} "
@@ -71,7 +72,7 @@ def _classification(
     if fisher_type == "exact":
         probs = log_probs.detach().exp()
         for c in range(classes):  # Σ_c p_c g_c²
-            tracker.backward(log_probs[:, c].sum(), probs[:, c], retain_graph=True)
+            tracker.backward(log_probs[:, c].sum(), probs[:, c], retain_graph=c < classes - 1)
     elif fisher_type == "sampled":
         probs = log_probs.detach().exp()
         draws = [
@@ -81,7 +82,7 @@ def _classification(
         for k in range(n_samples):
             y = torch.stack([draw[k] for draw in draws])
             chosen = log_probs.gather(1, y.unsqueeze(1)).sum()
-            tracker.backward(chosen, ones / n_samples, retain_graph=True)
+            tracker.backward(chosen, ones / n_samples, retain_graph=k < n_samples - 1)
     else:
         assert batch.labels is not None
         tracker.backward(log_probs.gather(1, batch.labels.unsqueeze(1)).sum(), ones, False)
@@ -115,7 +116,7 @@ def _causal_lm(
             draws[:, n, : lengths[n]] = drawn.T
     for k in range(n_samples):
         chosen = predicting.gather(2, draws[k].unsqueeze(2)).squeeze(2)
-        tracker.backward((chosen * valid).sum(), ones / n_samples, retain_graph=True)
+        tracker.backward((chosen * valid).sum(), ones / n_samples, retain_graph=k < n_samples - 1)
 
 
 def example_generators(seed: int, batch: Batch) -> list[torch.Generator]:

@@ -22,6 +22,7 @@ from app.checkpoints.format import TensorSpec
 from app.checkpoints.reader import Checkpoint
 from app.checkpoints.writer import CheckpointWriter
 from app.core.config import Settings, get_settings
+from app.core.finite import all_finite
 from app.fisher.compute import diagonal_fisher
 from app.fisher.data import batches, load_examples, read_dataset
 from app.fisher.loading import checkpoint_identity, load_checkpoint
@@ -119,7 +120,7 @@ def run_fisher(
     )
     _check_names(request.model, settings, fisher)
     for name, values in fisher.items():
-        if not bool(torch.isfinite(values).all()):
+        if not all_finite(values):
             raise FisherInputError(f"Fisher of {name!r} is not finite (NaN or Inf in the model?)")
     manifest = {
         "key": key,

@@ -105,16 +105,15 @@ class PerExampleSquaredGradients:
                 continue
             shape = self.parameters[name].shape
             per_chunk = max(1, self.chunk_elements // max(shape.numel(), 1))
+            # dense layers first: their gradient is a new tensor the embeddings add rows into
+            records.sort(key=lambda item: isinstance(item[0].module, nn.Embedding))
             for start in range(0, batch, per_chunk):
                 stop = min(start + per_chunk, batch)
-                grads = sum(
-                    _per_example_grad(record, local, start, stop, shape)
-                    for record, local in records
-                )
-                assert isinstance(grads, torch.Tensor)
-                self.squares[name].add_(
-                    torch.einsum("n,n...->...", weights[start:stop], grads.square())
-                )
+                grads = _per_example_grad(*records[0], start, stop, shape)
+                for record, local in records[1:]:
+                    _add_per_example_grad(record, local, start, stop, grads)
+                squares = grads.square_()
+                self.squares[name].add_(torch.einsum("n,n...->...", weights[start:stop], squares))
         for record in self._records.values():
             record.grad = None
 
@@ -142,24 +141,33 @@ def _per_example_grad(
     """Dense per-example gradients [stop-start, *shape] of one parameter from one layer."""
     module, grad = record.module, record.grad
     assert grad is not None
-    inputs = record.inputs
     if isinstance(module, nn.Embedding):
-        ids = inputs[start:stop].reshape(stop - start, -1)
-        g = _flatten_positions(grad[start:stop]).float()
-        dense = torch.zeros(stop - start, *shape, dtype=torch.float32, device=g.device)
-        return dense.scatter_add_(1, ids.unsqueeze(-1).expand(-1, -1, shape[1]), g)
+        dense = torch.zeros(stop - start, *shape, dtype=torch.float32, device=grad.device)
+        _add_per_example_grad(record, local, start, stop, dense)
+        return dense
     g = _flatten_positions(grad[start:stop]).float()
-    a = _flatten_positions(inputs[start:stop]).float()
-    if isinstance(module, nn.LayerNorm):
-        if local == "bias":
-            return g.sum(1)
-        normalised = torch.nn.functional.layer_norm(a, module.normalized_shape, eps=module.eps)
-        return (g * normalised).sum(1)
     if local == "bias":
         return g.sum(1)
+    a = _flatten_positions(record.inputs[start:stop]).float()
+    if isinstance(module, nn.LayerNorm):
+        normalised = torch.nn.functional.layer_norm(a, module.normalized_shape, eps=module.eps)
+        return (g * normalised).sum(1)
     if isinstance(module, Conv1D):
         return torch.einsum("nti,nto->nio", a, g)
     return torch.einsum("nto,nti->noi", g, a)
+
+
+def _add_per_example_grad(
+    record: _Record, local: str, start: int, stop: int, out: torch.Tensor
+) -> None:
+    """Add one layer's per-example gradients into `out` [stop-start, *shape] in place."""
+    if not isinstance(record.module, nn.Embedding):
+        out.add_(_per_example_grad(record, local, start, stop, out.shape[1:]))
+        return
+    assert record.grad is not None
+    ids = record.inputs[start:stop].reshape(stop - start, -1)
+    g = _flatten_positions(record.grad[start:stop]).float()
+    out.scatter_add_(1, ids.unsqueeze(-1).expand(-1, -1, out.shape[-1]), g)
 
 
 def _embedding_squares(record: _Record, weights: torch.Tensor, squares: torch.Tensor) -> None:

@@ -19,6 +19,7 @@ from app.checkpoints.format import DTYPES, TensorSpec
 from app.checkpoints.reader import Checkpoint
 from app.checkpoints.writer import CheckpointWriter
 from app.core.config import Settings, get_settings
+from app.core.finite import all_finite
 from app.merge.methods import METHODS
 from app.merge.plan import MergePlan, TensorPlan, plan_merge
 from app.schemas import MergeRequest
@@ -234,7 +235,7 @@ class _StreamingMerge:
                 fishers = [self._on_device(value) for value in values[count:]]
                 self._check_fishers(spec, fishers)
             out = self.method.merge(thetas, self.lambdas, fishers).to(out_dtype)
-        if not _all_finite(out):
+        if not all_finite(out):
             self._blame(step)
         return out
 
@@ -279,18 +280,8 @@ class _StreamingMerge:
         return norms
 
 
-def _all_finite(value: torch.Tensor) -> bool:
-    """NaN and Inf survive a sum, so one fast reduction clears almost every tensor; the exact
-    (slower) check runs only when the sum is not finite, which a large finite tensor can cause."""
-    if not value.is_floating_point() or value.numel() == 0:
-        return True
-    if bool(torch.isfinite(value.sum(dtype=torch.float32))):
-        return True
-    return bool(torch.isfinite(value).all())
-
-
 def _check_finite(value: torch.Tensor, spec: TensorSpec, where: str) -> None:
-    if not _all_finite(value):
+    if not all_finite(value):
         raise MergeInputError(f"{where}: tensor {spec.name!r} holds NaN or Inf values")
 
 
