@@ -33,6 +33,7 @@ format: install
 
 bench: install
 	$(BIN)/python bench/merge_bench.py
+	$(BIN)/python bench/fisher_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache

@@ -108,7 +108,8 @@ def loop_fisher(model: torch.nn.Module, batches: list[Batch], task: str, fisher_
             inputs = {key: value[n : n + 1] for key, value in batch.inputs.items()}
             if fisher_type == "exact":  # one backward pass per class, weighted by p_c
                 log_probs = model(**inputs).logits.float().log_softmax(-1)[0]
-                terms = [(log_probs[c], float(log_probs[c].exp())) for c in range(len(log_probs))]
+                probs = log_probs.detach().exp()
+                terms = [(log_probs[c], float(probs[c])) for c in range(len(log_probs))]
             else:
                 labels = batch.labels[n : n + 1]
                 ll = log_likelihood(model, inputs, labels, task, fisher_type, generator).sum()
@@ -193,7 +194,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, fisher_type, loop, batched, train in rows:
         print(
-            f"| {name} | {fisher_type} | {1 / loop:.1f} | {1 / batched:.1f} | {1 / train:.1f} "
+            f"| {name} | {fisher_type} | {1 / loop:.3g} | {1 / batched:.3g} | {1 / train:.3g} "
             f"| {loop / batched:.2f}x | {batched / train:.2f}x |"
         )
 

@@ -168,6 +168,7 @@ def test_s3_checkpoint_data_and_cache(workspace, s3_settings, s3_client):
             "label field 'label' = 'POSITIVE' is not a class index nor a name",
         ),
         ([{"s1": "x", "s2": "y", "label": 7}], {}, DatasetError, "= 7 is outside 0..1"),
+        ([{"s1": "x", "s2": "y"}], {}, DatasetError, "line 1: label field 'label' is missing"),
         ([], {}, DatasetError, "the data set has no examples"),
         (["[1, 2]"], {}, DatasetError, "line 1 is not a JSON object"),
         (
@@ -244,3 +245,57 @@ def test_merge_with_auto_fishers_reuses_them_the_second_time(workspace, monkeypa
     shutil.rmtree(root / "cache")
     with pytest.raises(AssertionError, match="computed again"):
         resolve_auto_fishers(merge, settings)
+
+
+def test_shuffle_takes_a_seeded_sample(workspace):
+    root, settings = workspace
+    rows = [{"s1": f"the film {'very ' * i}good", "s2": "fun", "label": i % 2} for i in range(12)]
+    write_rows(root / "data.jsonl", rows)
+    picks = {}
+    for seed in (1, 1, 2):
+        result = run_fisher(request(root, n_examples=4, shuffle=True, seed=seed), settings)
+        picks.setdefault(seed, []).append(result)
+    first, again = picks[1]
+    assert again.cached and again.key == first.key
+    assert picks[2][0].key != first.key
+    ordered = run_fisher(request(root, n_examples=4), settings)
+    assert ordered.key not in (first.key, picks[2][0].key)
+    assert first.manifest["n_examples"] == 4
+
+
+def test_progress_counts_examples(workspace):
+    root, settings = workspace
+    seen: list[tuple[int, int]] = []
+    run_fisher(request(root, batch_size=3), settings, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(3, 4), (4, 4)]
+
+
+def test_two_writers_of_one_key_leave_one_whole_entry(workspace):
+    """Two processes (transformers' loading is not thread-safe; workers are processes)."""
+    import os
+    import subprocess
+    import sys
+
+    root, settings = workspace
+    body = request(root).model_dump_json()
+    env = {
+        **os.environ,
+        "FM_CACHE_URI": settings.cache_uri,
+        "FM_MODEL_CACHE_DIR": str(settings.model_cache_dir),
+    }
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "fisher", "--config", "-", "--quiet"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    answers = [json.loads(writer.communicate(body, timeout=120)[0]) for writer in writers]
+    assert answers[0]["fisher_uri"] == answers[1]["fisher_uri"]
+    folder = Path(answers[0]["fisher_uri"].removeprefix("file://"))
+    assert sorted(p.name for p in folder.iterdir()) == ["fisher.json", "fisher.safetensors"]
+    assert json.loads((folder / "fisher.json").read_text())["key"] == answers[0]["key"]
+    assert set(load_file(folder / "fisher.safetensors")) == set(load_state(root / "a"))
