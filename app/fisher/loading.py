@@ -45,8 +45,10 @@ class LoadedCheckpoint:
     """Key, size and version of every file of the checkpoint."""
 
 
-def checkpoint_identity(store: ObjectStore) -> list[dict[str, object]]:
-    files = store.list()
+def checkpoint_identity(
+    store: ObjectStore, files: list[ObjectInfo] | None = None
+) -> list[dict[str, object]]:
+    files = store.list() if files is None else files
     if not files:
         raise TaskMismatch(f"{store.uri}: no checkpoint files there")
     return [{"key": f.key, "size": f.size, "version": f.version} for f in files]
@@ -83,7 +85,7 @@ def load_checkpoint(
     transformers.logging.disable_progress_bar()
     store = open_store(uri, settings)
     files = store.list()
-    identity = checkpoint_identity(store)
+    identity = checkpoint_identity(store, files)
     folder = local_copy(store, files, settings.model_cache_dir)
     auto = AUTO_CLASSES[task]
     try:
