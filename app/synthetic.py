@@ -142,7 +142,7 @@ def save_tiny_classifier(
 def save_stand_in_fisher(checkpoint: str | Path, path: str | Path, seed: int) -> Path:
     """Positive random values keyed like the checkpoint's floating-point tensors.
 
-    A stand-in for demos and merge tests; the Fisher engine computes real ones."""
+    Stand-ins for merge tests and benchmarks, where only their shape and positivity matter."""
     checkpoint, path = Path(checkpoint), Path(path)
     generator = torch.Generator().manual_seed(seed)
     fisher = {}
