@@ -1,4 +1,4 @@
-"""The `fisher-merge` command: `merge` and `fisher`; the service commands join them here.
+"""The `fisher-merge` command: `merge`, `fisher` and `worker`; the API commands join them here.
 
 Every subcommand builds the same request model the REST API takes, from `--config FILE.json`
 (`-` for standard input) with flags as shortcuts that override its fields.
@@ -109,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     fisher.add_argument("--out", dest="output_uri", metavar="URI", help="instead of the cache")
     fisher.add_argument("--quiet", action="store_true", help="no progress bar")
     fisher.set_defaults(handler=_fisher)
+
+    worker = commands.add_parser(
+        "worker", help="run an RQ worker", description="Take jobs from the queues in Redis."
+    )
+    worker.add_argument("--queues", default="fisher,merge", help="comma-separated queue names")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.set_defaults(handler=_worker)
     return parser
 
 
@@ -216,6 +223,13 @@ def _fisher(args: argparse.Namespace) -> int:
 
 def _counts(progress: ProgressCallback) -> Callable[[int, int], None]:
     return lambda done, total: progress(Progress(done=done, total=total, unit="examples"))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.main import run_worker
+
+    run_worker([name.strip() for name in args.queues.split(",") if name.strip()], args.burst)
+    return 0
 
 
 def _merge(args: argparse.Namespace) -> int:

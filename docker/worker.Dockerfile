@@ -14,7 +14,11 @@ RUN pip install "torch>=2.4" --index-url https://download.pytorch.org/whl/cu124
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY workers ./workers
-RUN pip install .
+RUN pip install . \
+    && mkdir -p /var/cache/fisher-merge && chown 1000:1000 /var/cache/fisher-merge
+ENV FM_MODEL_CACHE_DIR=/var/cache/fisher-merge/models \
+    FM_CACHE_URI=/var/cache/fisher-merge/store \
+    HOME=/var/cache/fisher-merge
 
 USER 1000:1000
 ENTRYPOINT ["fisher-merge"]

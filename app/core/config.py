@@ -44,6 +44,7 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "fisher-merge" / "models",
         description="Local folder where checkpoints from object storage are kept for loading.",
     )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the RQ queues.")
     read_threads: int = Field(4, ge=1, le=64, description="Parallel tensor reads during a merge.")
 
 
