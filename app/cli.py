@@ -1,4 +1,4 @@
-"""The `fisher-merge` command: `merge`, `fisher` and `worker`; the API commands join them here.
+"""The `fisher-merge` command: `merge`, `fisher`, `worker` and `serve`.
 
 Every subcommand builds the same request model the REST API takes, from `--config FILE.json`
 (`-` for standard input) with flags as shortcuts that override its fields.
@@ -116,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", default="fisher,merge", help="comma-separated queue names")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.set_defaults(handler=_worker)
+
+    serve = commands.add_parser("serve", help="run the REST API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=_serve)
     return parser
 
 
@@ -223,6 +228,15 @@ def _fisher(args: argparse.Namespace) -> int:
 
 def _counts(progress: ProgressCallback) -> Callable[[int, int], None]:
     return lambda done, total: progress(Progress(done=done, total=total, unit="examples"))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(), host=args.host, port=args.port)
+    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:

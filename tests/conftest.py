@@ -13,6 +13,7 @@ from app.core.config import Settings
 from app.synthetic import save_stand_in_fisher, save_tiny_classifier
 
 BUCKET = "ckpt"
+pytest_plugins = ["tests.redis_fixture"]
 
 
 def free_port() -> int:

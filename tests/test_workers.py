@@ -7,23 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
 from app.synthetic import save_tiny_classifier
+from tests.redis_fixture import REDIS_URL
 from tests.reference import load_state
-
-REDIS_URL = os.environ.get("FM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-@pytest.fixture
-def redis() -> Redis:
-    connection = Redis.from_url(REDIS_URL)
-    connection.ping()  # .ci/run starts a Redis when none answers
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
 
 
 @pytest.fixture

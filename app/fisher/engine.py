@@ -72,7 +72,7 @@ def fisher_location(request: FisherRequest, settings: Settings) -> tuple[str, st
     raw = read_dataset(request.dataset.uri, settings)
     key = cache_key(identity, hashlib.sha256(raw).hexdigest(), request)
     uri = request.output_uri or f"{settings.cache_uri.rstrip('/')}/fishers/{key}/"
-    return key, uri, raw
+    return key, open_store(uri, settings).uri, raw
 
 
 def find_cached(request: FisherRequest, settings: Settings | None = None) -> FisherResult | None:

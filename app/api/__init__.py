@@ -1,0 +1,1 @@
+"""The REST API: routes by resource, shared dependencies, the job view."""
