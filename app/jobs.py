@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from redis import Redis
-from rq import Queue
+from rq import Callback, Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -55,9 +55,9 @@ class JobView(BaseModel):
 
 def job_view(job: Job) -> JobView:
     status = STATUS.get(job.get_status(refresh=True) or JobStatus.QUEUED, "queued")
-    error = None
-    if status == "failed":
-        error = _error_of(job)
+    if job.meta.get("failed_dependency"):
+        status = "failed"
+    error = _error_of(job) if status == "failed" else None
     progress = job.meta.get("progress")
     return JobView(
         job_id=job.id,
@@ -107,6 +107,7 @@ def enqueue_fisher(request: FisherRequest, key: str, connection: Redis) -> Job:
         request.model_dump(mode="json"),
         job_id=job_id,
         meta={"kind": "fisher"},
+        on_failure=Callback("workers.jobs.fail_dependents"),
         job_timeout=JOB_TIMEOUT_S,
         result_ttl=RESULT_TTL_S,
         failure_ttl=RESULT_TTL_S,

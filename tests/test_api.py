@@ -130,3 +130,25 @@ def test_health_and_unknown_job(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"redis": "ok", "store": "ok"}
     assert client.get("/jobs/nope").status_code == 404
+
+
+def test_failed_fisher_fails_the_merge_waiting_on_it(client, root):
+    body = {
+        "models": [
+            {"uri": str(root / "a"), "fisher": "auto"},
+            {"uri": str(root / "b"), "fisher": "auto"},
+        ],
+        "method": "fisher",
+        "output_uri": str(root / "merged"),
+        "fisher_defaults": {
+            "dataset": {"uri": str(root / "data.jsonl"), "text_fields": ["missing"]}
+        },
+    }
+    answer = client.post("/merge", json=body).json()
+    run_worker_burst(root)
+    view = client.get(f"/jobs/{answer['job_id']}").json()
+    assert view["status"] == "failed"
+    assert view["error"]["type"] == "DependencyFailed"
+    assert any(job_id in view["error"]["message"] for job_id in answer["depends_on"])
+    assert "text field 'missing' is missing" in view["error"]["message"]
+    assert not (root / "merged").exists()

@@ -3,7 +3,10 @@ report progress, return what was written. Bad input raises; RQ records the job a
 
 from typing import Any
 
+from redis import Redis
 from rq import get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 
 from app.fisher.auto import resolve_auto_fishers
 from app.fisher.engine import run_fisher
@@ -32,3 +35,19 @@ def merge_job(body: dict[str, Any]) -> dict[str, Any]:
         "files": result.files,
         "fishers": [model.fisher for model in request.models],
     }
+
+
+def fail_dependents(
+    job: Job, connection: Redis, exc_type: type, exc_value: BaseException, _traceback: object
+) -> None:
+    """A failed Fisher job cancels the merges waiting on it (RQ would leave them deferred
+    forever) and records why, so their view reads failed with the Fisher job named."""
+    reason = f"Fisher job {job.id} failed: {exc_type.__name__}: {exc_value}"
+    for dependent_id in job.dependent_ids:
+        try:
+            dependent = Job.fetch(dependent_id, connection=connection)
+        except NoSuchJobError:
+            continue
+        dependent.meta["failed_dependency"] = reason
+        dependent.save_meta()
+        dependent.cancel()
