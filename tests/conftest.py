@@ -84,3 +84,16 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]:
         save_stand_in_fisher(root / name, root / "fishers" / name, seed=seed + 100)
     return root
+
+
+def auto_merge_body(root: Path, output: str, fisher_defaults: dict) -> dict:
+    """A Fisher merge of models a and b under `root`, both Fishers 'auto'."""
+    return {
+        "models": [
+            {"uri": str(root / "a"), "fisher": "auto"},
+            {"uri": str(root / "b"), "fisher": "auto"},
+        ],
+        "method": "fisher",
+        "output_uri": str(root / output),
+        "fisher_defaults": fisher_defaults,
+    }

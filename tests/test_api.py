@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.main import create_app
 from app.synthetic import save_tiny_classifier
+from tests.conftest import auto_merge_body
 from tests.redis_fixture import REDIS_URL
 from tests.reference import load_state
 from tests.test_workers import run_worker_burst
@@ -63,15 +64,8 @@ def test_fisher_job_then_cached_answer(client, root):
 
 
 def test_merge_with_auto_fishers_is_three_jobs(client, root):
-    body = {
-        "models": [
-            {"uri": str(root / "a"), "fisher": "auto"},
-            {"uri": str(root / "b"), "fisher": "auto"},
-        ],
-        "method": "fisher",
-        "output_uri": str(root / "merged"),
-        "fisher_defaults": {k: v for k, v in fisher_body(root).items() if k != "model"},
-    }
+    defaults = {k: v for k, v in fisher_body(root).items() if k != "model"}
+    body = auto_merge_body(root, "merged", defaults)
     answer = client.post("/merge", json=body)
     assert answer.status_code == 202
     merge_id, depends_on = answer.json()["job_id"], answer.json()["depends_on"]
@@ -133,17 +127,9 @@ def test_health_and_unknown_job(client):
 
 
 def test_failed_fisher_fails_the_merge_waiting_on_it(client, root):
-    body = {
-        "models": [
-            {"uri": str(root / "a"), "fisher": "auto"},
-            {"uri": str(root / "b"), "fisher": "auto"},
-        ],
-        "method": "fisher",
-        "output_uri": str(root / "merged"),
-        "fisher_defaults": {
-            "dataset": {"uri": str(root / "data.jsonl"), "text_fields": ["missing"]}
-        },
-    }
+    body = auto_merge_body(
+        root, "merged", {"dataset": {"uri": str(root / "data.jsonl"), "text_fields": ["missing"]}}
+    )
     answer = client.post("/merge", json=body).json()
     run_worker_burst(root)
     view = client.get(f"/jobs/{answer['job_id']}").json()

@@ -18,7 +18,7 @@ from app.fisher.loading import TaskMismatch
 from app.merge.engine import run_merge
 from app.schemas import FisherRequest, MergeRequest
 from app.synthetic import save_tiny_causal_lm, save_tiny_classifier
-from tests.conftest import BUCKET, s3_keys, upload_dir
+from tests.conftest import BUCKET, auto_merge_body, s3_keys, upload_dir
 from tests.reference import fisher_loop_reference, load_state
 
 ROWS = [
@@ -205,18 +205,8 @@ def test_non_finite_model_is_rejected(workspace):
 
 def test_merge_with_auto_fishers_reuses_them_the_second_time(workspace, monkeypatch):
     root, settings = workspace
-    body = {
-        "models": [
-            {"uri": str(root / "a"), "fisher": "auto"},
-            {"uri": str(root / "b"), "fisher": "auto"},
-        ],
-        "method": "fisher",
-        "output_uri": str(root / "merged"),
-        "fisher_defaults": {
-            "dataset": {"uri": str(root / "data.jsonl"), "text_fields": ["s1", "s2"]},
-            "fisher_type": "exact",
-        },
-    }
+    dataset = {"uri": str(root / "data.jsonl"), "text_fields": ["s1", "s2"]}
+    body = auto_merge_body(root, "merged", {"dataset": dataset, "fisher_type": "exact"})
     merge = MergeRequest.model_validate(body)
     with pytest.raises(ValueError, match="must be resolved"):
         run_merge(merge, settings)

@@ -11,6 +11,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from app.synthetic import save_tiny_classifier
+from tests.conftest import auto_merge_body
 from tests.redis_fixture import REDIS_URL
 from tests.reference import load_state
 
@@ -56,15 +57,9 @@ def test_fisher_and_dependent_merge_jobs(redis, setup):
     second = fishers.enqueue("workers.jobs.fisher_job", fisher_body(setup, "b"))
     merge = merges.enqueue(
         "workers.jobs.merge_job",
-        {
-            "models": [
-                {"uri": str(setup / "a"), "fisher": "auto"},
-                {"uri": str(setup / "b"), "fisher": "auto"},
-            ],
-            "method": "fisher",
-            "output_uri": str(setup / "merged"),
-            "fisher_defaults": {k: v for k, v in fisher_body(setup, "a").items() if k != "model"},
-        },
+        auto_merge_body(
+            setup, "merged", {k: v for k, v in fisher_body(setup, "a").items() if k != "model"}
+        ),
         depends_on=[first, second],
     )
     run_worker_burst(setup)

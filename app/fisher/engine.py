@@ -75,10 +75,18 @@ def fisher_location(request: FisherRequest, settings: Settings) -> tuple[str, st
     return key, open_store(uri, settings).uri, raw
 
 
-def find_cached(request: FisherRequest, settings: Settings | None = None) -> FisherResult | None:
+@dataclass(frozen=True)
+class Lookup:
+    key: str
+    fisher_uri: str
+    cached: FisherResult | None
+
+
+def look_up(request: FisherRequest, settings: Settings | None = None) -> Lookup:
+    """Where the request's Fisher lives and whether it is already there (no compute)."""
     settings = settings or get_settings()
     key, uri, _ = fisher_location(request, settings)
-    return _cached(open_store(uri, settings), key)
+    return Lookup(key=key, fisher_uri=uri, cached=_cached(open_store(uri, settings), key))
 
 
 def _cached(store: ObjectStore, key: str) -> FisherResult | None:

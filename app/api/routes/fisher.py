@@ -4,7 +4,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 
 from app.api.deps import RedisDep, SettingsDep
-from app.fisher.engine import find_cached, fisher_location
+from app.fisher.engine import look_up
 from app.jobs import STATUS, enqueue_fisher
 from app.schemas import FisherRequest
 
@@ -22,15 +22,14 @@ class FisherAnswer(BaseModel):
 def post_fisher(
     request: FisherRequest, response: Response, settings: SettingsDep, redis: RedisDep
 ) -> FisherAnswer:
-    cached = find_cached(request, settings)
-    if cached is not None:
+    found = look_up(request, settings)
+    if found.cached is not None:
         response.status_code = status.HTTP_200_OK
         return FisherAnswer(
-            job_id=None, status="succeeded", fisher_uri=cached.fisher_uri, cached=True
+            job_id=None, status="succeeded", fisher_uri=found.fisher_uri, cached=True
         )
-    key, uri, _ = fisher_location(request, settings)
-    job = enqueue_fisher(request, key, redis)
+    job = enqueue_fisher(request, found.key, redis)
     response.headers["Location"] = f"/jobs/{job.id}"
     return FisherAnswer(
-        job_id=job.id, status=STATUS[job.get_status()], fisher_uri=uri, cached=False
+        job_id=job.id, status=STATUS[job.get_status()], fisher_uri=found.fisher_uri, cached=False
     )

@@ -5,7 +5,7 @@ from pydantic import BaseModel
 
 from app.api.deps import RedisDep, SettingsDep
 from app.fisher.auto import fisher_request_for
-from app.fisher.engine import find_cached, fisher_location
+from app.fisher.engine import look_up
 from app.jobs import STATUS, enqueue_fisher, enqueue_merge
 from app.schemas import MergeRequest
 
@@ -26,12 +26,11 @@ def post_merge(
     for i, model in enumerate(request.models):
         if model.fisher == "auto":
             fisher_request = fisher_request_for(request, i)
-            cached = find_cached(fisher_request, settings)
-            if cached is not None:
-                model = model.model_copy(update={"fisher": cached.fisher_uri})
+            found = look_up(fisher_request, settings)
+            if found.cached is not None:
+                model = model.model_copy(update={"fisher": found.fisher_uri})
             else:
-                key, _, _ = fisher_location(fisher_request, settings)
-                fisher_jobs.append(enqueue_fisher(fisher_request, key, redis))
+                fisher_jobs.append(enqueue_fisher(fisher_request, found.key, redis))
         models.append(model)
     job = enqueue_merge(request.model_copy(update={"models": models}), fisher_jobs, redis)
     response.headers["Location"] = f"/jobs/{job.id}"
