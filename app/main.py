@@ -4,11 +4,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import __version__
 from app.api.deps import RedisDep, SettingsDep
+from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.routes import fisher, jobs, merge
 from app.checkpoints.format import CheckpointError
 from app.core.config import Settings, get_settings
@@ -17,15 +19,24 @@ from app.storage import ObjectNotFound, StorageError, open_store
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.redis = Redis.from_url(settings.redis_url)
+        metrics.watch(app.state.redis)
         yield
         app.state.redis.close()
 
-    app = FastAPI(title="fisher-merge", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="fisher-merge",
+        version=__version__,
+        lifespan=lifespan,
+        description="Fisher-weighted and isotropic merging of transformers checkpoints: "
+        "submit Fisher and merge jobs, poll or be called back, cancel.",
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     for router in (fisher.router, merge.router, jobs.router):
         app.include_router(router)
 
@@ -43,6 +54,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StorageError)
     async def storage_down(_: Request, error: StorageError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": str(error)})
+
+    @app.exception_handler(RedisConnectionError)
+    async def redis_down(_: Request, error: RedisConnectionError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": f"Redis unreachable: {error}"})
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def metrics_text() -> Response:
+        body, content_type = metrics.render()
+        return Response(content=body, media_type=content_type)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

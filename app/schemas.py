@@ -3,8 +3,17 @@
 import math
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from app.merge.methods import METHODS
 from app.storage.uri import StoreURI
@@ -26,6 +35,20 @@ def parse_size(value: Any) -> Any:
 
 
 ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+
+
+def _http_url(value: str) -> str:
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+CallbackURL = Annotated[
+    str,
+    AfterValidator(_http_url),
+    Field(description="Gets a POST with the job's JSON when the job ends (REST service only)."),
+]
 
 
 class FrozenModel(BaseModel):
@@ -79,10 +102,13 @@ class FisherRequest(FisherSettings):
     output_uri: StoreURI | None = Field(
         None, description="Write here instead of the content-addressed cache."
     )
+    callback_url: CallbackURL | None = None
 
     @property
     def settings(self) -> FisherSettings:
-        return FisherSettings.model_validate(self.model_dump(exclude={"model", "output_uri"}))
+        return FisherSettings.model_validate(
+            self.model_dump(exclude={"model", "output_uri", "callback_url"})
+        )
 
 
 class ModelInput(FrozenModel):
@@ -123,6 +149,7 @@ class MergeRequest(FrozenModel):
     fisher_defaults: FisherSettings | None = Field(
         None, description="How to compute 'auto' Fishers of models without a fisher_request."
     )
+    callback_url: CallbackURL | None = None
 
     @field_validator("lambdas")
     @classmethod

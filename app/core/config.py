@@ -46,6 +46,43 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the RQ queues.")
     read_threads: int = Field(4, ge=1, le=64, description="Parallel tensor reads during a merge.")
+    api_keys: str = Field(
+        "",
+        description="Comma-separated bearer API keys; when set, job routes answer 401 without one.",
+    )
+    callback_secret: str = Field(
+        "", description="Signs callback bodies with HMAC-SHA256 (X-Fisher-Merge-Signature)."
+    )
+    callback_retry_s: str = Field(
+        "2,10,30,120,600",
+        description="Seconds between callback attempts, comma-separated; one retry per value.",
+    )
+    job_timeout_s: int = Field(
+        6 * 3600, ge=60, description="A job running longer than this is stopped and failed."
+    )
+    job_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="How long finished, failed and cancelled jobs are kept."
+    )
+    worker_heartbeat_s: int = Field(
+        10,
+        ge=1,
+        description="Worker heartbeat period; a job whose worker is silent for three periods "
+        "(killed, machine lost) is failed.",
+    )
+    storage_retries: int = Field(
+        4, ge=0, description="Retries of a job step after a transient object-store error."
+    )
+    storage_retry_base_s: float = Field(
+        2.0, gt=0, description="First back-off after a transient object-store error; doubles."
+    )
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def callback_retry_intervals(self) -> list[int]:
+        return [int(value) for value in self.callback_retry_s.split(",") if value.strip()]
 
 
 @lru_cache

@@ -8,6 +8,7 @@ from app.storage.base import (
     ObjectWriter,
     OutputTransaction,
     StorageError,
+    TransientStorageError,
 )
 from app.storage.uri import StoreURI, parse_uri
 
@@ -32,6 +33,7 @@ __all__ = [
     "OutputTransaction",
     "StorageError",
     "StoreURI",
+    "TransientStorageError",
     "open_store",
     "parse_uri",
 ]

@@ -14,6 +14,10 @@ class StorageError(Exception):
     """An object store could not do what was asked (not bad input: may be retried)."""
 
 
+class TransientStorageError(StorageError):
+    """The store failed in a way that may pass (connection lost, timeout, 5xx, throttling)."""
+
+
 class ObjectNotFound(StorageError):
     """The key does not exist."""
 

@@ -11,12 +11,33 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+)
 
 from app.core.config import Settings
-from app.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, ObjectWriter, StorageError
+from app.storage.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectWriter,
+    StorageError,
+    TransientStorageError,
+)
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_TRANSIENT = {
+    "InternalError",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeTooSkewed",
+}
 
 
 @lru_cache(maxsize=8)
@@ -211,6 +232,10 @@ class _S3Errors:
                 raise ObjectNotFound(self.uri) from exc
             if code == "NoSuchBucket":
                 raise StorageError(f"{self.uri}: bucket does not exist") from exc
-            raise StorageError(f"{self.uri}: {code or 'S3 error'}: {exc}") from exc
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            kind = TransientStorageError if code in _TRANSIENT or status >= 500 else StorageError
+            raise kind(f"{self.uri}: {code or 'S3 error'}: {exc}") from exc
+        if isinstance(exc, ConnectionError | HTTPClientError):
+            raise TransientStorageError(f"{self.uri}: {exc}") from exc
         if isinstance(exc, BotoCoreError):
             raise StorageError(f"{self.uri}: {exc}") from exc
