@@ -1,4 +1,4 @@
-"""The `fisher-merge` command: `merge`, `fisher`, `worker` and `serve`.
+"""The `fisher-merge` command: `merge`, `fisher`, `worker`, `serve` and `up`.
 
 Every subcommand builds the same request model the REST API takes, from `--config FILE.json`
 (`-` for standard input) with flags as shortcuts that override its fields.
@@ -121,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(handler=_serve)
+
+    up = commands.add_parser(
+        "up",
+        help="run the API and one worker on this machine",
+        description="The API and one worker with the local store, and the Redis at "
+        "FM_REDIS_URL or a private redis-server started here. Ctrl-C stops everything.",
+    )
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.set_defaults(handler=_up)
     return parser
 
 
@@ -236,6 +246,16 @@ def _serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     uvicorn.run(create_app(), host=args.host, port=args.port)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from app.embedded import EmbeddedError, run_up
+
+    try:
+        run_up(args.host, args.port)
+    except EmbeddedError as error:
+        raise UsageError(str(error)) from None
     return 0
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny checkpoints on disk, a moto S3 server over HTTP, stores of both kinds."""
 
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,8 @@ from app.core.config import Settings
 from app.synthetic import save_stand_in_fisher, save_tiny_classifier
 
 BUCKET = "ckpt"
-pytest_plugins = ["tests.redis_fixture"]
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
+pytest_plugins = ["tests.redis_fixture", "tests.service"]
 
 
 def free_port() -> int:
