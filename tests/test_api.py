@@ -5,6 +5,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from app.client import FisherMergeClient
 from app.core.config import Settings
 from app.main import create_app
 from app.synthetic import save_tiny_classifier
@@ -84,6 +85,7 @@ def test_merge_with_auto_fishers_is_three_jobs(client, root):
     [
         ({"lambdas": [1.0]}, "lambdas has 1 values but models has 2"),
         ({"lambdas": [1.0, -1.0]}, "lambdas[1] = -1.0 must be finite and >= 0"),
+        ({"lambdas": [1.0, float("inf")]}, "lambdas[1] = inf must be finite and >= 0"),
         ({"method": "ties"}, "unknown method 'ties'"),
         ({"output_uri": "gs://x/y"}, "unsupported URI scheme 'gs'"),
         ({"models": ["s3://a/"]}, "at least 2 items"),
@@ -95,7 +97,8 @@ def test_invalid_merge_bodies_are_422_naming_the_field(client, root, change, fie
         "method": "isotropic",
         "output_uri": str(root / "o"),
     } | change
-    answer = client.post("/merge", json=body)
+    headers = {"Content-Type": "application/json"}  # json.dumps writes Infinity; httpx refuses
+    answer = client.post("/merge", content=json.dumps(body), headers=headers)
     assert answer.status_code == 422
     assert field in json.dumps(answer.json())
 
@@ -138,3 +141,127 @@ def test_failed_fisher_fails_the_merge_waiting_on_it(client, root):
     assert any(job_id in view["error"]["message"] for job_id in answer["depends_on"])
     assert "text field 'missing' is missing" in view["error"]["message"]
     assert not (root / "merged").exists()
+
+
+def test_invalid_callback_url_is_422(client, root):
+    answer = client.post("/fisher", json=fisher_body(root) | {"callback_url": "ftp://x/y"})
+    assert answer.status_code == 422
+    assert "callback_url" in json.dumps(answer.json())
+
+
+@pytest.fixture
+def keyed(root):
+    settings = Settings(
+        redis_url=REDIS_URL,
+        cache_uri=str(root / "cache"),
+        model_cache_dir=root / "models",
+        api_keys="key-one, key-two",
+    )
+    with TestClient(create_app(settings)) as http:
+        yield http
+
+
+def test_api_keys_when_configured(keyed, root):
+    assert keyed.post("/fisher", json=fisher_body(root)).status_code == 401
+    wrong = keyed.get("/jobs", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert "API key" in wrong.json()["detail"]
+    assert keyed.get("/jobs/x", headers={"Authorization": "Bearer key-two"}).status_code == 404
+    client = FisherMergeClient(http=keyed, api_key="key-one")
+    assert client.fisher(fisher_body(root)).job_id
+    for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        assert keyed.get(open_path).status_code == 200
+
+
+def test_no_keys_configured_means_no_auth(client, root):
+    assert client.get("/jobs").status_code == 200
+
+
+def test_idempotency_key_same_body_same_job_other_body_422(client, root):
+    headers = {"Idempotency-Key": "req-1"}
+    first = client.post("/merge", json=merge_body(root, "o1"), headers=headers)
+    again = client.post("/merge", json=merge_body(root, "o1"), headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json() == again.json()
+    assert again.headers["location"] == first.headers["location"]
+    other = client.post("/merge", json=merge_body(root, "o2"), headers=headers)
+    assert other.status_code == 422 and "req-1" in other.json()["detail"]
+    fresh = client.post("/merge", json=merge_body(root, "o1"), headers={"Idempotency-Key": "2"})
+    assert fresh.json()["job_id"] != first.json()["job_id"]
+    assert len(FisherMergeClient(http=client).jobs(kind="merge").jobs) == 2
+
+
+def test_idempotency_replays_a_cached_fisher_answer(client, root):
+    job_id = client.post("/fisher", json=fisher_body(root)).json()["job_id"]
+    run_worker_burst(root)
+    headers = {"Idempotency-Key": "f"}
+    first = client.post("/fisher", json=fisher_body(root), headers=headers)
+    again = client.post("/fisher", json=fisher_body(root), headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.json()["cached"] and job_id
+
+
+def merge_body(root, output: str) -> dict:
+    return {
+        "models": [str(root / "a"), str(root / "b")],
+        "method": "isotropic",
+        "output_uri": str(root / output),
+    }
+
+
+def test_list_jobs_filters_and_pages(client, root):
+    api = FisherMergeClient(http=client)
+    fisher_id = api.fisher(fisher_body(root)).job_id
+    merge_ids = [api.merge(merge_body(root, f"o{i}")).job_id for i in range(5)]
+    assert [job.job_id for job in api.jobs().jobs] == [*reversed(merge_ids), fisher_id]
+    assert [job.job_id for job in api.jobs(kind="fisher").jobs] == [fisher_id]
+    seen, cursor = [], None
+    while True:
+        page = api.jobs(kind="merge", limit=2, cursor=cursor)
+        seen += [job.job_id for job in page.jobs]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == list(reversed(merge_ids))
+    api.cancel(merge_ids[0])
+    assert [job.job_id for job in api.jobs(status="cancelled").jobs] == [merge_ids[0]]
+    assert len(api.jobs(status="queued").jobs) == 5
+    bad = client.get("/jobs", params={"status": "done"})
+    assert bad.status_code == 422 and "status" in json.dumps(bad.json())
+    assert client.get("/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_cancel_a_queued_fisher_fails_the_merge_waiting_on_it(client, root):
+    api = FisherMergeClient(http=client)
+    defaults = {k: v for k, v in fisher_body(root).items() if k != "model"}
+    merge = api.merge(auto_merge_body(root, "merged", defaults))
+    view = api.cancel(merge.depends_on[0])
+    assert view.status == "cancelled" and view.cancel_requested
+    run_worker_burst(root)
+    assert api.job(merge.depends_on[1]).status == "succeeded"  # shared work is kept
+    merged = api.job(merge.job_id)
+    assert merged.status == "failed" and merged.error.type == "DependencyFailed"
+    assert f"{merge.depends_on[0]} was cancelled" in merged.error.message
+    assert not (root / "merged").exists()
+    conflict = client.delete(f"/jobs/{merge.depends_on[0]}")
+    assert conflict.status_code == 409 and "already ended: cancelled" in conflict.json()["detail"]
+    assert client.delete("/jobs/nope").status_code == 404
+
+
+def test_metrics_count_requests_and_jobs(client, root):
+    api = FisherMergeClient(http=client)
+    api.merge(merge_body(root, "o"))
+    client.get("/jobs/nope")
+    text = client.get("/metrics").text
+    assert 'fisher_merge_http_requests_total{method="POST",route="/merge",status="202"} 1.0' in text
+    assert (
+        'fisher_merge_http_requests_total{method="GET",route="/jobs/{job_id}",status="404"} 1.0'
+        in text
+    )
+    assert 'fisher_merge_http_request_duration_seconds_count{method="POST",route="/merge"}' in text
+    assert 'fisher_merge_queue_depth{queue="merge"} 1.0' in text
+    assert 'fisher_merge_jobs{queue="merge",status="queued"} 1.0' in text
+    run_worker_burst(root)
+    text = client.get("/metrics").text
+    assert 'fisher_merge_queue_depth{queue="merge"} 0.0' in text
+    assert 'fisher_merge_jobs{queue="merge",status="succeeded"} 1.0' in text
