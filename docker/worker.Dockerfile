@@ -1,4 +1,5 @@
-# CUDA worker image: runs merges (and, later, Fisher jobs) on the GPU.
+# CUDA worker image: runs Fisher and merge jobs on the GPU (RQ forks a work horse per job, so
+# the worker process itself never initialises CUDA).
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -21,5 +22,7 @@ ENV FM_MODEL_CACHE_DIR=/var/cache/fisher-merge/models \
     HOME=/var/cache/fisher-merge
 
 USER 1000:1000
+# SIGTERM: finish the current job, then exit; a second SIGTERM stops the job
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["fisher-merge"]
-CMD ["--help"]
+CMD ["worker", "--queues", "fisher,merge"]
