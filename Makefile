@@ -1,4 +1,4 @@
-# fisher-merge: `make run` sets everything up and runs the main job, `make test` runs the tests.
+# fisher-merge: `make run` sets everything up and runs the service, `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build lies on this workplace's disk; a GPU deployment sets TORCH_SPEC (see docker/).
@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO ?= demo
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run demo test lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
+	$(BIN)/python -m app.synthetic $(DEMO)
+	FM_CACHE_URI=$(DEMO)/cache $(BIN)/fisher-merge up
+
+demo: install
 	$(BIN)/python -m app.synthetic $(DEMO)
 	FM_CACHE_URI=$(DEMO)/cache $(BIN)/fisher-merge merge --config $(DEMO)/merge.json --overwrite
 
@@ -34,6 +38,7 @@ format: install
 bench: install
 	$(BIN)/python bench/merge_bench.py
 	$(BIN)/python bench/fisher_bench.py
+	$(BIN)/python bench/service_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache

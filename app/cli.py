@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     up.set_defaults(handler=_up)
     return parser
 
@@ -253,7 +254,9 @@ def _up(args: argparse.Namespace) -> int:
     from app.embedded import EmbeddedError, run_up
 
     try:
-        run_up(args.host, args.port)
+        if args.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        run_up(args.host, args.port, args.workers)
     except EmbeddedError as error:
         raise UsageError(str(error)) from None
     return 0

@@ -71,7 +71,7 @@ def redis_for(settings: Settings) -> Iterator[str]:
 
 
 class WorkerProcess:
-    """One `fisher-merge worker`, restarted if it dies while we run."""
+    """A `fisher-merge worker`, restarted if it dies while we run."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
@@ -92,15 +92,19 @@ class WorkerProcess:
                 print(f"fisher-merge up: worker exited ({code}); restarting", file=sys.stderr)
                 self.process = self._start()
 
-    def stop(self) -> None:
-        """Warm shutdown (the current job may finish) for a few seconds, then cold."""
-        self.stopping.set()
-        self.process.send_signal(signal.SIGTERM)
+
+def stop_workers(workers: list[WorkerProcess], grace_s: float = 5.0) -> None:
+    """Warm shutdown (current jobs may finish) for a few seconds, then cold."""
+    for worker in workers:
+        worker.stopping.set()
+        worker.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
         with suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
-            return
-        self.process.send_signal(signal.SIGTERM)  # second signal: RQ stops the job
-        _stop(self.process, grace_s=10)
+            worker.process.wait(max(deadline - time.monotonic(), 0.1))
+            continue
+        worker.process.send_signal(signal.SIGTERM)  # a second signal: RQ stops the job
+        _stop(worker.process, grace_s=10)
 
 
 def _stop(process: subprocess.Popen, grace_s: float) -> None:
@@ -113,7 +117,7 @@ def _stop(process: subprocess.Popen, grace_s: float) -> None:
             process.wait()
 
 
-def run_up(host: str, port: int, settings: Settings | None = None) -> None:
+def run_up(host: str, port: int, workers: int = 1, settings: Settings | None = None) -> None:
     import uvicorn
 
     from app.main import create_app
@@ -121,10 +125,12 @@ def run_up(host: str, port: int, settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     with redis_for(settings) as redis_url:
         settings = settings.model_copy(update={"redis_url": redis_url})
-        worker = WorkerProcess({**os.environ, "FM_REDIS_URL": redis_url})
+        env = {**os.environ, "FM_REDIS_URL": redis_url}
+        processes = [WorkerProcess(env) for _ in range(workers)]
         try:
             print(
-                f"fisher-merge up: API on http://{host}:{port} (docs at /docs), one worker, "
+                f"fisher-merge up: API on http://{host}:{port} (docs at /docs), "
+                f"{workers} worker{'s' if workers > 1 else ''}, "
                 f"store {settings.cache_uri}; Ctrl-C stops everything",
                 file=sys.stderr,
             )
@@ -133,4 +139,4 @@ def run_up(host: str, port: int, settings: Settings | None = None) -> None:
             signal.signal(signal.SIGINT, lambda *_: None)
             uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
         finally:
-            worker.stop()
+            stop_workers(processes)

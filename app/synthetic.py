@@ -181,7 +181,8 @@ DEMO_ROWS = {
 
 def write_demo(root: str | Path) -> Path:
     """Two fine-tunes of one tiny base (2 and 3 labels, the second sharded), a small data set for
-    each, and a merge request whose Fishers are 'auto': computed on first use, then cached."""
+    each, a merge request whose Fishers are 'auto' (computed on first use, then cached) and a
+    Fisher request for the first model."""
     root = Path(root).absolute()
     save_tiny_classifier(root / "sentiment", seed=1, num_labels=2)
     save_tiny_classifier(root / "topic", seed=2, num_labels=3, max_shard_size="40KB")
@@ -208,6 +209,8 @@ def write_demo(root: str | Path) -> Path:
         "output_uri": str(root / "merged"),
     }
     (root / "merge.json").write_text(json.dumps(request, indent=2))
+    fisher = {"model": models[0]["uri"], **models[0]["fisher_request"]}
+    (root / "fisher.json").write_text(json.dumps(fisher, indent=2))
     return root
 
 

@@ -31,6 +31,10 @@ def run_worker(queues: list[str], burst: bool = False, settings: Settings | None
     if unknown:
         raise ValueError(f"unknown queues {unknown}; choose from {[*QUEUES, CALLBACK_QUEUE]}")
     return_freed_buffers_to_os()
+    # Import the job code (torch, transformers) once here, so each forked horse starts warm;
+    # importing torch does not initialise CUDA, so forking afterwards stays safe.
+    import workers.jobs  # noqa: F401
+
     connection = Redis.from_url(settings.redis_url)
     names = [CALLBACK_QUEUE, *(name for name in queues if name != CALLBACK_QUEUE)]
     worker = HeartbeatWorker(
