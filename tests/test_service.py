@@ -133,8 +133,8 @@ def test_auto_merge_is_three_jobs_and_equals_the_engine(service, uploaded, s3_cl
     assert len(service.client.jobs(kind="fisher").jobs) == 2
 
 
-def start_wide_merge(service, wide) -> str:
-    body = {"models": wide, "method": "isotropic", "output_uri": service.uri("wide-out")}
+def start_wide_merge(service, wide, **extra) -> str:
+    body = {"models": wide, "method": "isotropic", "output_uri": service.uri("wide-out"), **extra}
     job_id = service.client.merge(body).job_id
 
     def started() -> bool:
@@ -151,6 +151,17 @@ def nothing_at(s3_client, service, name: str) -> bool:
     return s3_keys(s3_client, f"{service.prefix}/{name}/") == []
 
 
+def abort_leftover_uploads(s3_client, service) -> int:
+    """What the bucket's AbortIncompleteMultipartUpload rule does for a killed job's upload."""
+    answer = s3_client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{service.prefix}/")
+    uploads = answer.get("Uploads", [])
+    for upload in uploads:
+        s3_client.abort_multipart_upload(
+            Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"]
+        )
+    return len(uploads)
+
+
 def test_cancel_a_running_merge_publishes_nothing(service, wide, s3_client):
     service.start_worker()
     job_id = start_wide_merge(service, wide)
@@ -164,14 +175,37 @@ def test_cancel_a_running_merge_publishes_nothing(service, wide, s3_client):
         service.client.cancel(job_id)
 
 
-def test_worker_killed_half_way_fails_the_job_and_publishes_nothing(service, wide, s3_client):
+def test_forced_cancel_kills_the_job_and_the_worker_goes_on(service, wide, s3_client):
     worker = service.start_worker()
     job_id = start_wide_merge(service, wide)
+    assert service.client.cancel(job_id, force=True).status == "cancelled"
+    wait_for(lambda: service.client.job(job_id).status == "cancelled", what="the horse killed")
+    assert service.client.job(job_id).ended_at is not None
+    assert nothing_at(s3_client, service, "wide-out")
+    abort_leftover_uploads(s3_client, service)
+    body = {"models": wide, "method": "isotropic", "output_uri": service.uri("next")}
+    assert service.client.wait(service.client.merge(body).job_id, 60).status == "succeeded"
+    assert worker.poll() is None
+
+
+def test_worker_killed_half_way_fails_the_job_and_publishes_nothing(
+    service, wide, s3_client, receiver
+):
+    url, calls = receiver
+    worker = service.start_worker()
+    job_id = start_wide_merge(service, wide, callback_url=url)
     kill_worker(worker)
     view = service.client.wait(job_id, timeout_s=30)
     assert view.status == "failed"
     assert view.error.type == "WorkerLost"
     assert nothing_at(s3_client, service, "wide-out")
+    assert abort_leftover_uploads(s3_client, service) <= 1  # invisible, never completed
+    # a new worker delivers the callback the lost job's end queued (its first attempt: the
+    # retry waits for the dead worker's scheduler lock to expire, about a minute)
+    service.start_worker()
+    wait_for(lambda: len(calls) >= 1, timeout_s=60, what="the callback")
+    assert calls[-1][0]["status"] == "failed"
+    assert calls[-1][0]["error"]["type"] == "WorkerLost"
 
 
 def test_sigterm_lets_the_current_job_finish(service, wide, s3_client):
@@ -193,6 +227,7 @@ def test_a_second_sigterm_stops_the_job(service, wide, s3_client):
     view = service.client.wait(job_id, timeout_s=30)
     assert view.status == "failed" and view.error.type == "WorkerLost"
     assert nothing_at(s3_client, service, "wide-out")
+    assert abort_leftover_uploads(s3_client, service) <= 1
 
 
 class Receiver(BaseHTTPRequestHandler):

@@ -2,6 +2,8 @@
 progress step, or at once with `force`), and what every end does: fail the merges waiting on a
 Fisher job that did not succeed, and queue the callbacks."""
 
+from datetime import UTC, datetime
+
 from redis import Redis
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -46,6 +48,11 @@ def cancel_job(job: Job, settings: Settings, force: bool = False) -> JobView:
 
 
 def job_ended(job: Job, view: JobView, settings: Settings) -> None:
+    if job.ended_at is None and view.ended_at is None:  # RQ leaves it unset when cancelled
+        ended = datetime.now(UTC)
+        job.meta["ended_at"] = ended.isoformat()
+        job.save_meta()
+        view = view.model_copy(update={"ended_at": ended})
     if view.status != "succeeded":
         if view.status == "cancelled":
             reason = f"{view.kind} job {job.id} was cancelled"

@@ -9,6 +9,7 @@ from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.timeouts import TimerDeathPenalty
 
 from app.jobs.keys import cancel_key
 
@@ -91,7 +92,7 @@ def job_view(
         cancel_requested=bool(job.connection.exists(cancel_key(job.id))),
         created_at=job.created_at,
         started_at=job.started_at,
-        ended_at=job.ended_at,
+        ended_at=job.ended_at or job.meta.get("ended_at"),
     )
 
 
@@ -109,9 +110,13 @@ def _error_of(job: Job) -> JobError:
 
 
 def fetch(job_id: str, connection: Redis) -> Job | None:
+    """A fisher or merge job; None for an unknown id or any other job in this Redis
+    (callback deliveries, other applications' jobs)."""
     try:
         job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
+        return None
+    if job.meta.get("kind") not in ("fisher", "merge"):
         return None
     if job.get_status(refresh=False) == JobStatus.STARTED:
         reap_abandoned(job.origin, connection)
@@ -122,4 +127,9 @@ def fetch(job_id: str, connection: Redis) -> Job | None:
 def reap_abandoned(queue: str, connection: Redis) -> None:
     """Fail the jobs of `queue` whose worker stopped sending heartbeats (RQ's own cleanup,
     which its workers otherwise run only every ten minutes)."""
-    StartedJobRegistry(queue, connection=connection).cleanup()
+    # the failure callbacks it runs are timed by a timer thread: the API calls this from
+    # worker threads, where RQ's default SIGALRM timer cannot be set
+    registry = StartedJobRegistry(
+        queue, connection=connection, death_penalty_class=TimerDeathPenalty
+    )
+    registry.cleanup()
