@@ -207,6 +207,7 @@ def write_demo(root: str | Path) -> Path:
         "lambdas": [0.7, 0.3],
         "method": "fisher",
         "output_uri": str(root / "merged"),
+        "overwrite": True,  # the demo may be run again
     }
     (root / "merge.json").write_text(json.dumps(request, indent=2))
     fisher = {"model": models[0]["uri"], **models[0]["fisher_request"]}

@@ -231,15 +231,15 @@ def test_a_second_sigterm_stops_the_job(service, wide, s3_client):
 
 
 class Receiver(BaseHTTPRequestHandler):
-    """Answers 500 to the first POST of each job, 200 after; records what it got."""
+    """Answers 500 to the first POST of each job to each path, 200 after; records them all."""
 
-    calls: ClassVar[list[tuple[dict, bytes, dict]]] = []
+    calls: ClassVar[list[tuple[dict, bytes, dict, str]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         job_id = json.loads(body)["job_id"]
-        first = not any(call[0]["job_id"] == job_id for call in self.calls)
-        self.calls.append((json.loads(body), body, dict(self.headers)))
+        first = not any(call[0]["job_id"] == job_id and call[3] == self.path for call in self.calls)
+        self.calls.append((json.loads(body), body, dict(self.headers), self.path))
         self.send_response(500 if first else 200)
         self.end_headers()
 
@@ -261,6 +261,10 @@ def test_callbacks_are_signed_and_retried(service, uploaded, wide, receiver):
     fisher = service.client.fisher(
         {"model": uploaded["a"], **fisher_settings(uploaded), "callback_url": url}
     )
+    shared = service.client.fisher(  # the same Fisher: the same job, both URLs called
+        {"model": uploaded["a"], **fisher_settings(uploaded), "callback_url": url + "-2"}
+    )
+    assert shared.job_id == fisher.job_id
     bad = service.client.merge(
         {
             "models": [uploaded["a"], service.uri("nope")],
@@ -274,18 +278,18 @@ def test_callbacks_are_signed_and_retried(service, uploaded, wide, receiver):
     )
     service.client.cancel(queued.job_id)
     service.start_worker()
-    wait_for(lambda: len(calls) >= 6, timeout_s=90, what="two attempts per job")
+    wait_for(lambda: len(calls) >= 8, timeout_s=90, what="two attempts per job and URL")
     final = {call[0]["job_id"]: call for call in calls}
     assert final[fisher.job_id][0]["status"] == "succeeded"
     assert final[fisher.job_id][0]["result"]["fisher_uri"] == fisher.fisher_uri
     assert final[bad.job_id][0]["status"] == "failed"
     assert service.uri("nope") in final[bad.job_id][0]["error"]["message"]
     assert final[queued.job_id][0]["status"] == "cancelled"
-    for _, body, headers in calls:
+    for _, body, headers, _ in calls:
         expected = hmac.new(b"callback-secret", body, hashlib.sha256).hexdigest()
         assert headers["X-Fisher-Merge-Signature"] == f"sha256={expected}"
-    assert sorted(call[0]["job_id"] for call in calls) == sorted(
-        [fisher.job_id, bad.job_id, queued.job_id] * 2
+    assert sorted((call[0]["job_id"], call[3]) for call in calls) == sorted(
+        [(fisher.job_id, "/hook-2"), *((job.job_id, "/hook") for job in (fisher, bad, queued))] * 2
     )
 
 
