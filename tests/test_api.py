@@ -1,6 +1,7 @@
 """The REST API over HTTP (FastAPI's test client), with the real Redis and a real worker."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -265,3 +266,11 @@ def test_metrics_count_requests_and_jobs(client, root):
     text = client.get("/metrics").text
     assert 'fisher_merge_queue_depth{queue="merge"} 0.0' in text
     assert 'fisher_merge_jobs{queue="merge",status="succeeded"} 1.0' in text
+
+
+def test_concurrent_identical_fisher_requests_share_one_job(client, root, redis):
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: client.post("/fisher", json=fisher_body(root)), range(8)))
+    assert {answer.status_code for answer in answers} == {202}
+    assert len({answer.json()["job_id"] for answer in answers}) == 1
+    assert redis.llen("rq:queue:fisher") == 1

@@ -10,7 +10,7 @@ from rq.job import Job
 
 from app.core.config import Settings
 from app.jobs.callbacks import add_callback
-from app.jobs.keys import INDEX, callbacks_key, cancel_key, notified_key
+from app.jobs.keys import INDEX, PREFIX, callbacks_key, cancel_key, notified_key
 from app.jobs.view import TERMINAL, fetch, status_of
 from app.schemas import FisherRequest, MergeRequest
 
@@ -37,20 +37,23 @@ def _index(job: Job, connection: Redis, settings: Settings) -> None:
 def enqueue_fisher(request: FisherRequest, key: str, connection: Redis, settings: Settings) -> Job:
     """One job per cache key: an identical request in flight gets the same job back."""
     job_id = f"fisher-{key[:32]}"
-    existing = fetch(job_id, connection)
-    if existing is not None and status_of(existing) not in TERMINAL:
+    # concurrent identical requests: one of them enqueues, the others find its job
+    with connection.lock(f"{PREFIX}:enqueue:{job_id}", timeout=30, blocking_timeout=30):
+        existing = fetch(job_id, connection)
+        if existing is not None and status_of(existing) not in TERMINAL:
+            add_callback(job_id, request.callback_url, connection, settings)
+            return existing
+        if existing is not None:  # an earlier run of this key that ended: start afresh
+            existing.delete()
+            stale = (key_of(job_id) for key_of in (cancel_key, callbacks_key, notified_key))
+            connection.delete(*stale)
         add_callback(job_id, request.callback_url, connection, settings)
-        return existing
-    if existing is not None:  # an earlier run of this key that ended: start afresh
-        existing.delete()
-        connection.delete(*(key_of(job_id) for key_of in (cancel_key, callbacks_key, notified_key)))
-    add_callback(job_id, request.callback_url, connection, settings)
-    job = Queue("fisher", connection=connection).enqueue(
-        "workers.jobs.fisher_job",
-        request.model_dump(mode="json", exclude={"callback_url"}),
-        job_id=job_id,
-        **_options(settings, "fisher"),
-    )
+        job = Queue("fisher", connection=connection).enqueue(
+            "workers.jobs.fisher_job",
+            request.model_dump(mode="json", exclude={"callback_url"}),
+            job_id=job_id,
+            **_options(settings, "fisher"),
+        )
     _index(job, connection, settings)
     return job
 
