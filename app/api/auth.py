@@ -3,7 +3,7 @@
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.deps import SettingsDep
@@ -13,7 +13,6 @@ _bearer = HTTPBearer(auto_error=False, description="One of the keys in FM_API_KE
 
 def require_api_key(
     settings: SettingsDep,
-    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
     """The caller's key (None when keys are off); 401 when keys are on and it is not one."""
@@ -29,7 +28,6 @@ def require_api_key(
             detail="a valid API key is required: Authorization: Bearer <key>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    request.state.api_key = offered
     return offered
 
 

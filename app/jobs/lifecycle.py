@@ -48,14 +48,15 @@ def cancel_job(job: Job, settings: Settings, force: bool = False) -> JobView:
 
 
 def job_ended(job: Job, view: JobView, settings: Settings) -> None:
-    if job.ended_at is None and view.ended_at is None:  # RQ leaves it unset when cancelled
+    unrecorded = job.ended_at is None and view.ended_at is None
+    if view.status != "succeeded" and unrecorded:  # RQ leaves it unset when cancelled
         ended = datetime.now(UTC)
         job.meta["ended_at"] = ended.isoformat()
         job.save_meta()
         view = view.model_copy(update={"ended_at": ended})
     if view.status != "succeeded":
         if view.status == "cancelled":
-            reason = f"{view.kind} job {job.id} was cancelled"
+            reason = f"{view.kind.capitalize()} job {job.id} was cancelled"
         else:
             error = view.error
             detail = f"{error.type}: {error.message}" if error else "unknown error"
